@@ -1,0 +1,513 @@
+//! `BlobClient`: the client side of the protocol over one TCP connection, like Flink's.
+//!
+//! As in the original, any failure closes the client; later calls fail with
+//! [`ClientError::NotConnected`]. A name that breaks the length rule is refused before anything
+//! is sent and leaves the connection open.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::key::{BlobId, BlobKey, JobId, KeyHasher, check_name};
+use crate::protocol::{
+    self, DeleteTarget, Expect, MAX_CHUNK, ProtocolError, PutTarget, ResponseDecoder, ResponseEvent,
+};
+
+/// Errors of [`BlobClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("BLOB client is not connected (closed after an earlier failure)")]
+    NotConnected,
+    #[error("{op} operation failed: Server side error: {message}")]
+    Server { op: &'static str, message: String },
+    #[error("{op} operation failed: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} operation failed: {source}")]
+    Protocol {
+        op: &'static str,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error(
+        "{op} operation failed: Detected data corruption during transfer (expected {expected}, got {actual})"
+    )]
+    Corrupted {
+        op: &'static str,
+        expected: BlobKey,
+        actual: BlobKey,
+    },
+    #[error("invalid name: {0}")]
+    Name(#[from] crate::key::KeyError),
+    #[error("cannot read {path}: {source}")]
+    File { path: String, source: io::Error },
+}
+
+impl ClientError {
+    /// The server's message when the server answered with an error.
+    pub fn server_message(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+const READ_BUF: usize = 64 * 1024;
+const WRITE_BUF: usize = 256 * 1024;
+
+/// One connection to a BLOB server, carrying any number of requests in sequence.
+#[derive(Debug)]
+pub struct BlobClient {
+    stream: Option<TcpStream>,
+    addr: SocketAddr,
+    out: Vec<u8>,
+    rbuf: Box<[u8]>,
+    rpos: usize,
+    rlen: usize,
+}
+
+impl BlobClient {
+    /// Connects (with TCP_NODELAY on: a request is written whole, so Nagle only adds delay).
+    pub fn connect(addr: impl ToSocketAddrs) -> io::Result<BlobClient> {
+        let stream = TcpStream::connect(addr)?;
+        let _ = stream.set_nodelay(true);
+        let addr = stream.peer_addr()?;
+        Ok(BlobClient {
+            stream: Some(stream),
+            addr,
+            out: Vec::with_capacity(WRITE_BUF + MAX_CHUNK + 64),
+            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
+            rpos: 0,
+            rlen: 0,
+        })
+    }
+
+    /// Connects with a timeout on the connect and on every read and write.
+    pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<BlobClient> {
+        let stream = TcpStream::connect_timeout(addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut c = Self::connect_stream(stream)?;
+        c.addr = *addr;
+        Ok(c)
+    }
+
+    fn connect_stream(stream: TcpStream) -> io::Result<BlobClient> {
+        let _ = stream.set_nodelay(true);
+        let addr = stream.peer_addr()?;
+        Ok(BlobClient {
+            stream: Some(stream),
+            addr,
+            out: Vec::with_capacity(WRITE_BUF + MAX_CHUNK + 64),
+            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
+            rpos: 0,
+            rlen: 0,
+        })
+    }
+
+    pub fn server_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Closes the connection.
+    pub fn close(&mut self) {
+        self.stream = None;
+    }
+
+    /// Stores `data` by content; returns its key (checked against our own SHA-1).
+    pub fn put(&mut self, data: &[u8]) -> Result<BlobKey, ClientError> {
+        self.put_reader(data)
+    }
+
+    /// Stores `data[offset..offset + len]` by content.
+    pub fn put_range(
+        &mut self,
+        data: &[u8],
+        offset: usize,
+        len: usize,
+    ) -> Result<BlobKey, ClientError> {
+        self.put(&data[offset..offset + len])
+    }
+
+    /// Stores what `reader` yields by content, streaming it.
+    pub fn put_reader(&mut self, reader: impl Read) -> Result<BlobKey, ClientError> {
+        let key = self.send_put(PutTarget::Content, reader)?;
+        match self.finish("PUT", Expect::PutContent)? {
+            Some(got) if got == key => Ok(key),
+            Some(got) => {
+                self.close();
+                Err(ClientError::Corrupted {
+                    op: "PUT",
+                    expected: key,
+                    actual: got,
+                })
+            }
+            None => unreachable!("a content PUT reply carries a key"),
+        }
+    }
+
+    /// Stores a file by content.
+    pub fn put_file(&mut self, path: &Path) -> Result<BlobKey, ClientError> {
+        let f = File::open(path).map_err(|e| ClientError::File {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        self.put_reader(io::BufReader::with_capacity(MAX_CHUNK, f))
+    }
+
+    /// Stores `data` under `(job, name)`, replacing what was there.
+    pub fn put_named(&mut self, job: JobId, name: &str, data: &[u8]) -> Result<(), ClientError> {
+        self.put_named_reader(job, name, data)
+    }
+
+    /// Stores `data[offset..offset + len]` under `(job, name)`.
+    pub fn put_named_range(
+        &mut self,
+        job: JobId,
+        name: &str,
+        data: &[u8],
+        offset: usize,
+        len: usize,
+    ) -> Result<(), ClientError> {
+        self.put_named(job, name, &data[offset..offset + len])
+    }
+
+    /// Stores what `reader` yields under `(job, name)`.
+    pub fn put_named_reader(
+        &mut self,
+        job: JobId,
+        name: &str,
+        reader: impl Read,
+    ) -> Result<(), ClientError> {
+        check_name(name)?;
+        self.send_put(PutTarget::Named(job, name.to_owned()), reader)?;
+        self.finish("PUT", Expect::PutNamed).map(|_| ())
+    }
+
+    /// Opens a download of content blob `key`; its bytes are checked against the key at the end.
+    pub fn get(&mut self, key: BlobKey) -> Result<Download<'_>, ClientError> {
+        self.start_get(BlobId::Content(key))
+    }
+
+    /// Opens a download of a named blob.
+    pub fn get_named(&mut self, job: JobId, name: &str) -> Result<Download<'_>, ClientError> {
+        check_name(name)?;
+        self.start_get(BlobId::Named(job, name.to_owned()))
+    }
+
+    /// Downloads a whole blob into memory.
+    pub fn get_bytes(&mut self, id: &BlobId) -> Result<Vec<u8>, ClientError> {
+        let mut d = self.start_get(id.clone())?;
+        let mut out = Vec::with_capacity(d.len() as usize);
+        d.read_to_end(&mut out).map_err(|e| d.error_of(e))?;
+        Ok(out)
+    }
+
+    pub fn delete(&mut self, key: BlobKey) -> Result<(), ClientError> {
+        self.send_delete(DeleteTarget::Content(key))
+    }
+
+    pub fn delete_named(&mut self, job: JobId, name: &str) -> Result<(), ClientError> {
+        check_name(name)?;
+        self.send_delete(DeleteTarget::Named(job, name.to_owned()))
+    }
+
+    /// Deletes every named blob of `job` (content blobs are not touched).
+    pub fn delete_job(&mut self, job: JobId) -> Result<(), ClientError> {
+        self.send_delete(DeleteTarget::Job(job))
+    }
+
+    fn stream(&mut self) -> Result<&mut TcpStream, ClientError> {
+        self.stream.as_mut().ok_or(ClientError::NotConnected)
+    }
+
+    fn io_err(&mut self, op: &'static str, e: io::Error) -> ClientError {
+        self.close();
+        ClientError::Io { op, source: e }
+    }
+
+    fn flush_out(&mut self, op: &'static str) -> Result<(), ClientError> {
+        let r = match self.stream.as_mut() {
+            Some(s) => s.write_all(&self.out),
+            None => return Err(ClientError::NotConnected),
+        };
+        self.out.clear();
+        r.map_err(|e| self.io_err(op, e))
+    }
+
+    /// Sends a PUT; returns the SHA-1 of what was sent.
+    fn send_put(
+        &mut self,
+        target: PutTarget,
+        mut reader: impl Read,
+    ) -> Result<BlobKey, ClientError> {
+        self.stream()?;
+        self.out.clear();
+        protocol::encode_put_header(&target, &mut self.out);
+        let mut hasher = KeyHasher::new();
+        let mut chunk = vec![0u8; MAX_CHUNK];
+        loop {
+            let n = match fill(&mut reader, &mut chunk) {
+                Ok(n) => n,
+                Err(e) => {
+                    // The server holds half a body: the connection is unusable.
+                    return Err(self.io_err("PUT", e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(&chunk[..n]);
+            protocol::encode_chunk(&chunk[..n], &mut self.out);
+            if self.out.len() >= WRITE_BUF {
+                self.flush_out("PUT")?;
+            }
+        }
+        protocol::encode_terminator(&mut self.out);
+        self.flush_out("PUT")?;
+        Ok(hasher.finish())
+    }
+
+    fn send_delete(&mut self, target: DeleteTarget) -> Result<(), ClientError> {
+        self.stream()?;
+        self.out.clear();
+        protocol::encode_delete(&target, &mut self.out);
+        self.flush_out("DELETE")?;
+        self.finish("DELETE", Expect::Delete).map(|_| ())
+    }
+
+    fn start_get(&mut self, id: BlobId) -> Result<Download<'_>, ClientError> {
+        self.stream()?;
+        self.out.clear();
+        protocol::encode_get(&id, &mut self.out);
+        self.flush_out("GET")?;
+        let mut dec = ResponseDecoder::new(Expect::Get);
+        let len = loop {
+            match self.next_event(&mut dec, "GET", usize::MAX)? {
+                Event::Length(n) => break n,
+                Event::Error(message) => {
+                    self.close();
+                    return Err(ClientError::Server { op: "GET", message });
+                }
+                _ => unreachable!("a GET reply starts with a status and length"),
+            }
+        };
+        let expected = match id {
+            BlobId::Content(k) => Some(k),
+            BlobId::Named(..) => None,
+        };
+        Ok(Download {
+            client: self,
+            dec,
+            len: len as u64,
+            remaining: len as u64,
+            expected,
+            hasher: KeyHasher::new(),
+            done: false,
+        })
+    }
+
+    /// Reads the reply of a PUT or DELETE.
+    fn finish(&mut self, op: &'static str, expect: Expect) -> Result<Option<BlobKey>, ClientError> {
+        let mut dec = ResponseDecoder::new(expect);
+        match self.next_event(&mut dec, op, usize::MAX)? {
+            Event::Key(k) => Ok(Some(k)),
+            Event::Ok => Ok(None),
+            Event::Error(message) => {
+                self.close();
+                Err(ClientError::Server { op, message })
+            }
+            Event::Length(_) | Event::Data(..) | Event::End => {
+                unreachable!("not a PUT/DELETE reply")
+            }
+        }
+    }
+
+    /// Decodes the next event, reading from the socket as needed. `Data` is returned as a range
+    /// of `rbuf` of at most `limit` bytes.
+    fn next_event(
+        &mut self,
+        dec: &mut ResponseDecoder,
+        op: &'static str,
+        limit: usize,
+    ) -> Result<Event, ClientError> {
+        loop {
+            let end = self.rlen.min(self.rpos.saturating_add(limit));
+            let input = &self.rbuf[self.rpos..end];
+            let (used, ev) = match dec.decode(input) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.close();
+                    return Err(ClientError::Protocol { op, source: e });
+                }
+            };
+            let start = self.rpos;
+            self.rpos += used;
+            if let Some(ev) = ev {
+                return Ok(match ev {
+                    ResponseEvent::Key(k) => Event::Key(k),
+                    ResponseEvent::Ok => Event::Ok,
+                    ResponseEvent::Length(n) => Event::Length(n),
+                    ResponseEvent::Data(d) => Event::Data(start, start + d.len()),
+                    ResponseEvent::End => Event::End,
+                    ResponseEvent::Error(m) => Event::Error(m),
+                });
+            }
+            if self.rpos < self.rlen {
+                if limit == 0 {
+                    return Err(ClientError::NotConnected);
+                }
+                continue;
+            }
+            let n = match self.stream.as_mut() {
+                Some(s) => loop {
+                    match s.read(&mut self.rbuf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        r => break r,
+                    }
+                },
+                None => return Err(ClientError::NotConnected),
+            };
+            match n {
+                Ok(0) => {
+                    let e = dec
+                        .finish()
+                        .err()
+                        .unwrap_or(ProtocolError::UnknownStatus(0));
+                    self.close();
+                    return Err(ClientError::Protocol { op, source: e });
+                }
+                Ok(n) => {
+                    self.rpos = 0;
+                    self.rlen = n;
+                }
+                Err(e) => return Err(self.io_err(op, e)),
+            }
+        }
+    }
+}
+
+/// Decoder events with data as a range of the client's read buffer.
+enum Event {
+    Key(BlobKey),
+    Ok,
+    Length(u32),
+    Data(usize, usize),
+    End,
+    Error(String),
+}
+
+/// Reads until `buf` is full or the reader ends: full chunks make fewer, larger frames.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A GET in progress: `Read` it to the end. A content blob is checked against its key when the
+/// last byte arrives; dropping a download early closes the client (the reply cannot be skipped).
+#[derive(Debug)]
+pub struct Download<'c> {
+    client: &'c mut BlobClient,
+    dec: ResponseDecoder,
+    len: u64,
+    remaining: u64,
+    expected: Option<BlobKey>,
+    hasher: KeyHasher,
+    done: bool,
+}
+
+impl Download<'_> {
+    /// Length of the blob.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Turns an error from `read` back into the client error it carries.
+    pub fn error_of(&self, e: io::Error) -> ClientError {
+        match e.downcast::<ClientError>() {
+            Ok(ce) => ce,
+            Err(e) => ClientError::Io {
+                op: "GET",
+                source: e,
+            },
+        }
+    }
+
+    fn verify(&mut self) -> Result<(), ClientError> {
+        let actual = std::mem::take(&mut self.hasher).finish();
+        if let Some(expected) = self.expected
+            && expected != actual
+        {
+            self.client.close();
+            return Err(ClientError::Corrupted {
+                op: "GET",
+                expected,
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Read for Download<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self
+                .client
+                .next_event(&mut self.dec, "GET", buf.len())
+                .map_err(io::Error::other)?
+            {
+                Event::Data(a, b) => {
+                    let n = b - a;
+                    buf[..n].copy_from_slice(&self.client.rbuf[a..b]);
+                    self.hasher.update(&buf[..n]);
+                    self.remaining -= n as u64;
+                    return Ok(n);
+                }
+                Event::End => {
+                    self.done = true;
+                    self.verify().map_err(io::Error::other)?;
+                    return Ok(0);
+                }
+                _ => return Err(io::Error::other("unexpected event in GET body")),
+            }
+        }
+    }
+}
+
+impl Drop for Download<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.remaining > 0 {
+            // The rest of the body is still in flight: the connection cannot carry another request.
+            self.client.close();
+        } else if !self.done {
+            // Zero bytes left: consume the end marker so the connection stays usable.
+            let _ = self.client.next_event(&mut self.dec, "GET", 0);
+        }
+    }
+}

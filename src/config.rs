@@ -1,0 +1,182 @@
+//! Configuration: Flink's key names where they exist, and the embedded default location.
+
+use std::path::PathBuf;
+
+/// Where a store lives when none is given: `$BLOBVAULT_DIR`, else `$XDG_DATA_HOME/blobvault`,
+/// else `~/.local/share/blobvault`, else `<temp>/blobvault`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BLOBVAULT_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("blobvault");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(h).join(".local/share/blobvault");
+    }
+    std::env::temp_dir().join("blobvault")
+}
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// Flink's configuration keys that blobvault reads.
+pub mod keys {
+    pub const FETCH_CONCURRENT: &str = "blob.fetch.num-concurrent";
+    pub const FETCH_BACKLOG: &str = "blob.fetch.backlog";
+    pub const FETCH_RETRIES: &str = "blob.fetch.retries";
+    pub const SERVER_PORT: &str = "blob.server.port";
+    pub const STORAGE_DIRECTORY: &str = "blob.storage.directory";
+    pub const RECOVERY_MODE: &str = "recovery.mode";
+    pub const STATE_BACKEND: &str = "state.backend";
+    pub const RECOVERY_PATH: &str = "state.backend.fs.dir.recovery";
+    pub const CLEANUP_INTERVAL: &str = "library-cache-manager.cleanup.interval";
+}
+
+/// A bad configuration value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: cannot parse {value:?}: {why}")]
+    Invalid {
+        key: String,
+        value: String,
+        why: String,
+    },
+}
+
+fn invalid(key: &str, value: &str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+/// Flink-style string key/value configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Configuration(BTreeMap<String, String>);
+
+impl Configuration {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&mut self, key: &str, value: impl ToString) -> &mut Self {
+        self.0.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    /// An integer value; `default` when unset.
+    pub fn get_i64(&self, key: &str, default: i64) -> Result<i64, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|e: std::num::ParseIntError| invalid(key, v, e.to_string())),
+        }
+    }
+
+    /// Like Flink: a value below `min` logs a warning and falls back to `default`.
+    pub(crate) fn get_at_least(
+        &self,
+        key: &str,
+        min: i64,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
+        let v = self.get_i64(key, default)?;
+        if v < min {
+            tracing::warn!(key, value = v, default, "invalid value; using the default");
+            return Ok(default);
+        }
+        Ok(v)
+    }
+}
+
+/// The ports a server may bind: one, or the first free one of an inclusive range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = ConfigError;
+    /// `0` (any free port), `50100`, or `50100-50200`.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| invalid(keys::SERVER_PORT, s, why);
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| bad("not a port number"))
+        };
+        match s.split_once('-') {
+            None => Ok(PortRange::single(port(s)?)),
+            Some((a, b)) => {
+                let (first, last) = (port(a)?, port(b)?);
+                if first > last || first == 0 {
+                    return Err(bad("expected FIRST-LAST with 0 < FIRST <= LAST"));
+                }
+                Ok(PortRange { first, last })
+            }
+        }
+    }
+}
+
+/// How a [`BlobServer`](crate::server::BlobServer) serves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind (default 127.0.0.1; the original bound every interface).
+    pub bind: IpAddr,
+    pub ports: PortRange,
+    /// Worker threads: connections served at once (`blob.fetch.num-concurrent`, default 50).
+    pub num_concurrent: usize,
+    /// Accepted connections waiting for a worker (`blob.fetch.backlog`, default 1000).
+    pub backlog: usize,
+    /// Longest wait for a client's next bytes, between or inside requests; then the connection
+    /// is closed so a stalled peer cannot hold a worker.
+    pub read_timeout: Duration,
+    /// Longest a blocked write to a client may take.
+    pub write_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: PortRange::single(0),
+            num_concurrent: 50,
+            backlog: 1000,
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads `blob.fetch.num-concurrent`, `blob.fetch.backlog` and `blob.server.port`.
+    pub fn from_config(c: &Configuration) -> Result<Self, ConfigError> {
+        let mut s = ServerConfig {
+            num_concurrent: c.get_at_least(keys::FETCH_CONCURRENT, 1, 50)? as usize,
+            backlog: c.get_at_least(keys::FETCH_BACKLOG, 1, 1000)? as usize,
+            ..ServerConfig::default()
+        };
+        if let Some(p) = c.get(keys::SERVER_PORT) {
+            s.ports = p.parse()?;
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,133 @@
+//! Storage fault injection: a redb backend over the store file that fails on demand. Used by the
+//! tests (and available to embedders' chaos tests) to show that a failing disk loses nothing.
+
+use std::fs::File;
+use std::io;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
+
+/// Switches injected storage failures on and off. Clones share one switch.
+#[derive(Debug, Clone, Default)]
+pub struct FaultSwitch(Arc<AtomicU8>);
+
+const OFF: u8 = 0;
+const FULL: u8 = 1;
+const ALL: u8 = 2;
+
+impl FaultSwitch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Like a full disk: growing the file and writing past its end fail; reads and rewrites of
+    /// existing pages still work.
+    pub fn disk_full(&self) {
+        self.0.store(FULL, Ordering::SeqCst);
+    }
+
+    /// Every write, resize and sync fails.
+    pub fn fail_writes(&self) {
+        self.0.store(ALL, Ordering::SeqCst);
+    }
+
+    /// Storage works again.
+    pub fn heal(&self) {
+        self.0.store(OFF, Ordering::SeqCst);
+    }
+
+    fn mode(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A [`FileBackend`] that consults a [`FaultSwitch`] before each mutation.
+#[derive(Debug)]
+pub(crate) struct FaultyBackend {
+    inner: FileBackend,
+    switch: FaultSwitch,
+}
+
+impl FaultyBackend {
+    pub(crate) fn new(file: File, switch: FaultSwitch) -> io::Result<Self> {
+        Ok(FaultyBackend {
+            inner: FileBackend::new(file).map_err(io::Error::other)?,
+            switch,
+        })
+    }
+
+    fn injected(what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("injected storage fault ({what})"),
+        )
+    }
+}
+
+impl StorageBackend for FaultyBackend {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        match self.switch.mode() {
+            ALL => return Err(Self::injected("set_len")),
+            FULL if len > self.inner.len()? => return Err(Self::injected("grow")),
+            _ => {}
+        }
+        self.inner.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        if self.switch.mode() == ALL {
+            return Err(Self::injected("sync"));
+        }
+        self.inner.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        match self.switch.mode() {
+            ALL => return Err(Self::injected("write")),
+            FULL if offset + data.len() as u64 > self.inner.len()? => {
+                return Err(Self::injected("write past end"));
+            }
+            _ => {}
+        }
+        self.inner.write(offset, data)
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        self.inner.close()
+    }
+
+    fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(s, e)
+    }
+
+    fn try_lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(s, e)
+    }
+
+    fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(s, e)
+    }
+
+    fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(s, e)
+    }
+
+    fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(s, e)
+    }
+
+    fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(s, e)
+    }
+}

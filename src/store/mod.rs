@@ -1,0 +1,554 @@
+//! The blob store: every blob chunked into one redb database.
+//!
+//! Writes go through one writer thread that commits whatever PUTs and DELETEs are queued in one
+//! transaction (group commit), so concurrent uploads share one fsync. Reads stream chunk by chunk
+//! from a read transaction. See `schema.rs` for the tables and the reference-counting rule.
+
+mod faults;
+mod read;
+mod schema;
+mod spool;
+mod verify;
+mod writer;
+
+use std::fs::{self, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, bounded};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+pub use faults::FaultSwitch;
+pub use read::BlobReader;
+pub use schema::ContentMeta;
+pub use spool::{Spooled, Upload};
+pub use verify::{Damage, VerifyReport};
+
+use crate::key::{BlobId, BlobKey, JobId, check_name};
+use crate::protocol::{DeleteTarget, PutTarget};
+use crate::recovery::RecoveryStore;
+use schema::*;
+use writer::WriteOp;
+
+/// Chunk size of new stores: 256 KiB − 128 B. redb keeps a value of exactly 2^k bytes in a
+/// 2^(k+1) allocation; a little under a power of two fits (measured: BENCHMARKS.md).
+pub const DEFAULT_CHUNK_SIZE: usize = 256 * 1024 - 128;
+
+/// The database file inside a store directory.
+pub const DB_FILE: &str = "blobs.redb";
+const SPOOL_DIR: &str = "spool";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store at {0}: {1}")]
+    Open(PathBuf, String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("cannot spool upload to {0}: {1}")]
+    Spool(PathBuf, std::io::Error),
+    #[error("blob of {0} bytes exceeds the maximum size (2 GB)")]
+    TooLarge(u64),
+    #[error("invalid blob name: {0}")]
+    Name(#[from] crate::key::KeyError),
+    #[error("BLOB {key} is damaged: {what}")]
+    Damaged { key: BlobKey, what: String },
+    #[error("recovery store failed: {0}")]
+    Recovery(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_from!(
+    redb::StorageError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError,
+    redb::DatabaseError,
+    redb::SetDurabilityError
+);
+
+/// How to open a store.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Directory holding `blobs.redb` and the upload spool.
+    pub dir: PathBuf,
+    /// fsync every commit before acknowledging it (default). Off: faster, and a crash may lose
+    /// the most recent acknowledged writes (never corrupt the store).
+    pub durable: bool,
+    /// redb page cache in bytes.
+    pub cache_size: usize,
+    /// Uploads up to this size are spooled in memory; larger ones in a temp file.
+    pub spool_memory_limit: usize,
+    /// Re-hash blobs while reading them and fail a damaged one before its last byte is handed out.
+    pub verify_reads: bool,
+    /// Most operations in one group commit.
+    pub max_batch: usize,
+    /// Chunk size for a new store (an existing store keeps its own).
+    pub chunk_size: usize,
+    /// Storage fault injection (tests, chaos drills).
+    pub faults: FaultSwitch,
+    /// Where writes are replicated for failover (see `recovery.rs`).
+    pub recovery: Option<Arc<dyn RecoveryStore>>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("dir", &self.dir)
+            .field("durable", &self.durable)
+            .field("cache_size", &self.cache_size)
+            .field("recovery", &self.recovery.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            dir: dir.into(),
+            durable: true,
+            cache_size: 64 * 1024 * 1024,
+            spool_memory_limit: 1024 * 1024,
+            verify_reads: true,
+            max_batch: 512,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            faults: FaultSwitch::new(),
+            recovery: None,
+        }
+    }
+
+    pub fn durable(mut self, on: bool) -> Self {
+        self.durable = on;
+        self
+    }
+
+    pub fn recovery(mut self, r: Arc<dyn RecoveryStore>) -> Self {
+        self.recovery = Some(r);
+        self
+    }
+
+    pub fn faults(mut self, f: FaultSwitch) -> Self {
+        self.faults = f;
+        self
+    }
+
+    pub fn open(self) -> Result<BlobStore, StoreError> {
+        BlobStore::open_with(self)
+    }
+}
+
+/// One entry of [`BlobStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub id: BlobId,
+    pub key: BlobKey,
+    pub len: u64,
+}
+
+/// Figures of [`BlobStore::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Distinct contents stored.
+    pub contents: u64,
+    /// Contents reachable by key (stored by a content PUT).
+    pub content_blobs: u64,
+    /// Named blobs.
+    pub named_blobs: u64,
+    /// Bytes of distinct content.
+    pub payload_bytes: u64,
+    pub chunks: u64,
+    pub chunk_size: u64,
+    /// Size of the database file.
+    pub file_bytes: u64,
+}
+
+/// The parts shared by the store's handles and its writer thread.
+pub(crate) struct Shared {
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    spool_dir: PathBuf,
+    opts: StoreOptions,
+    chunk_size: u64,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<Sender<WriteOp>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Ok(mut w) = self.writer.lock()
+            && let Some(h) = w.take()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A handle to an open store; clones share it. The store closes when the last handle drops.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStore")
+            .field("dir", &self.inner.shared.opts.dir)
+            .finish()
+    }
+}
+
+fn open_db(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+    let backend = faults::FaultyBackend::new(file, opts.faults.clone())
+        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+    Database::builder()
+        .set_cache_size(opts.cache_size)
+        .create_with_backend(backend)
+        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
+}
+
+impl BlobStore {
+    /// Opens (or creates) the store in `dir` with default options.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<BlobStore, StoreError> {
+        StoreOptions::new(dir).open()
+    }
+
+    /// Opens the store at the embedded default location ([`crate::config::default_data_dir`]).
+    pub fn open_default() -> Result<BlobStore, StoreError> {
+        Self::open(crate::config::default_data_dir())
+    }
+
+    pub fn open_with(opts: StoreOptions) -> Result<BlobStore, StoreError> {
+        fs::create_dir_all(&opts.dir)
+            .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
+        let path = opts.dir.join(DB_FILE);
+        let db = open_db(&path, &opts)?;
+        let chunk_size = init_schema(&db, opts.chunk_size as u64)?;
+        let spool_dir = opts.dir.join(SPOOL_DIR);
+        spool::clean_spool_dir(&spool_dir)
+            .map_err(|e| StoreError::Open(spool_dir.clone(), e.to_string()))?;
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(Arc::new(db))),
+            path,
+            spool_dir,
+            opts,
+            chunk_size,
+        });
+        let (tx, rx) = bounded(shared.opts.max_batch * 2);
+        let w = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("blobvault-writer".into())
+            .spawn(move || writer::run(w, rx))?;
+        Ok(BlobStore {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.shared.opts.dir
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.shared.opts
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.inner.shared.chunk_size
+    }
+
+    /// The recovery store writes are replicated to, if any.
+    pub fn recovery(&self) -> Option<&Arc<dyn RecoveryStore>> {
+        self.inner.shared.opts.recovery.as_ref()
+    }
+
+    /// Starts an upload to feed incrementally (what the server does with a PUT body).
+    pub fn upload(&self) -> Upload {
+        Upload::new(
+            &self.inner.shared.spool_dir,
+            self.inner.shared.opts.spool_memory_limit,
+        )
+    }
+
+    /// Stores a received blob under `target` once it is durable; returns its content key.
+    pub fn commit(&self, blob: Spooled, target: PutTarget) -> Result<BlobKey, StoreError> {
+        if let PutTarget::Named(_, name) = &target {
+            check_name(name)?;
+        }
+        let (reply, rx) = bounded(1);
+        self.send(WriteOp::Put {
+            blob,
+            target,
+            reply,
+        })?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores `data` by content.
+    pub fn put(&self, data: &[u8]) -> Result<BlobKey, StoreError> {
+        self.put_target(data, PutTarget::Content)
+    }
+
+    /// Stores `data` under `(job, name)`, replacing what was there.
+    pub fn put_named(&self, job: JobId, name: &str, data: &[u8]) -> Result<BlobKey, StoreError> {
+        self.put_target(data, PutTarget::Named(job, name.to_owned()))
+    }
+
+    /// Stores what `reader` yields, streamed through the spool.
+    pub fn put_reader(
+        &self,
+        mut reader: impl Read,
+        target: PutTarget,
+    ) -> Result<BlobKey, StoreError> {
+        let mut up = self.upload();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            up.write(&buf[..n])?;
+        }
+        self.commit(up.finish()?, target)
+    }
+
+    fn put_target(&self, data: &[u8], target: PutTarget) -> Result<BlobKey, StoreError> {
+        let mut up = self.upload();
+        up.write(data)?;
+        self.commit(up.finish()?, target)
+    }
+
+    /// Deletes by key, by name or a whole job; returns how many entries went (0 is not an error).
+    ///
+    /// Deleting by key removes the content-addressed entry only: named blobs with the same bytes
+    /// keep them.
+    pub fn delete(&self, target: DeleteTarget) -> Result<u64, StoreError> {
+        let (reply, rx) = bounded(1);
+        self.send(WriteOp::Delete { target, reply })?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Local deletion only, never touching the recovery store (a worker dropping its copy).
+    pub fn delete_local(&self, target: DeleteTarget) -> Result<u64, StoreError> {
+        let (reply, rx) = bounded(1);
+        self.send(WriteOp::DeleteLocal { target, reply })?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn send(&self, op: WriteOp) -> Result<(), StoreError> {
+        let tx = self
+            .inner
+            .tx
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        tx.send(op).map_err(|_| StoreError::Closed)
+    }
+
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.inner.shared.db()
+    }
+
+    /// Opens a streaming reader of the blob, or `None` when it is not stored.
+    pub fn get(&self, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let content = txn.open_table(CONTENT)?;
+        let key = match id {
+            BlobId::Content(k) => *k,
+            BlobId::Named(job, name) => {
+                let named = txn.open_table(NAMED)?;
+                match named.get((job.0, name.as_str()))? {
+                    Some(k) => BlobKey(k.value()),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let meta = match content.get(key.0)? {
+            Some(m) => ContentMeta::decode(&m.value()),
+            None => return Ok(None),
+        };
+        if matches!(id, BlobId::Content(_)) && !meta.pinned {
+            return Ok(None);
+        }
+        let chunks = txn.open_table(CHUNKS)?;
+        Ok(Some(BlobReader::new(
+            chunks,
+            key,
+            meta.len,
+            self.inner.shared.chunk_size,
+            self.inner.shared.opts.verify_reads,
+        )))
+    }
+
+    /// Reads a whole blob into memory.
+    pub fn get_bytes(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get(id)? {
+            None => Ok(None),
+            Some(mut r) => {
+                let mut out = Vec::with_capacity(r.len() as usize);
+                while let Some(c) = r.next_chunk()? {
+                    out.extend_from_slice(c.value());
+                }
+                Ok(Some(out))
+            }
+        }
+    }
+
+    /// Whether the blob is stored.
+    pub fn contains(&self, id: &BlobId) -> Result<bool, StoreError> {
+        Ok(self.get(id)?.is_some())
+    }
+
+    /// Every content blob (reachable by key) and every named blob, in key order.
+    pub fn list(&self) -> Result<Vec<BlobEntry>, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let content = txn.open_table(CONTENT)?;
+        let named = txn.open_table(NAMED)?;
+        let mut out = Vec::new();
+        for row in content.iter()? {
+            let (k, m) = row?;
+            let meta = ContentMeta::decode(&m.value());
+            if meta.pinned {
+                let key = BlobKey(k.value());
+                out.push(BlobEntry {
+                    id: BlobId::Content(key),
+                    key,
+                    len: meta.len,
+                });
+            }
+        }
+        for row in named.iter()? {
+            let (k, v) = row?;
+            let (job, name) = k.value();
+            let key = BlobKey(v.value());
+            let len = content
+                .get(key.0)?
+                .map(|m| ContentMeta::decode(&m.value()).len)
+                .unwrap_or(0);
+            out.push(BlobEntry {
+                id: BlobId::Named(JobId(job), name.to_owned()),
+                key,
+                len,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        let content = txn.open_table(CONTENT)?;
+        let named = txn.open_table(NAMED)?;
+        let chunks = txn.open_table(CHUNKS)?;
+        let mut s = StoreStats {
+            named_blobs: named.len()?,
+            chunks: chunks.len()?,
+            chunk_size: self.inner.shared.chunk_size,
+            file_bytes: fs::metadata(&self.inner.shared.path)
+                .map(|m| m.len())
+                .unwrap_or(0),
+            ..StoreStats::default()
+        };
+        for row in content.iter()? {
+            let meta = ContentMeta::decode(&row?.1.value());
+            s.contents += 1;
+            s.content_blobs += meta.pinned as u64;
+            s.payload_bytes += meta.len;
+        }
+        Ok(s)
+    }
+
+    /// Re-hashes every stored blob and reports the damaged ones and orphan chunks.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        verify::verify(self.db()?.as_ref(), self.inner.shared.chunk_size)
+    }
+
+    /// Waits until every write queued so far is committed.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let (reply, rx) = bounded(1);
+        self.send(WriteOp::Barrier { reply })?;
+        rx.recv().map_err(|_| StoreError::Closed)
+    }
+}
+
+impl Shared {
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.db.read().map_err(|_| StoreError::Closed)?.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        self.reopen()
+    }
+
+    /// After an I/O error redb fails every later call; closing and reopening the file is how the
+    /// store comes back once the storage works again.
+    pub(crate) fn reopen(&self) -> Result<Arc<Database>, StoreError> {
+        let mut slot = self.db.write().map_err(|_| StoreError::Closed)?;
+        if let Some(db) = slot.as_ref() {
+            return Ok(Arc::clone(db));
+        }
+        let db = Arc::new(open_db(&self.path, &self.opts)?);
+        *slot = Some(Arc::clone(&db));
+        tracing::info!(path = %self.path.display(), "store reopened after a storage failure");
+        Ok(db)
+    }
+
+    /// Drops the failed database so the next access reopens it.
+    pub(crate) fn invalidate(&self) {
+        if let Ok(mut slot) = self.db.write() {
+            slot.take();
+        }
+    }
+}
+
+/// Creates the tables and records the chunk size on first open; returns the store's chunk size.
+fn init_schema(db: &Database, chunk_size: u64) -> Result<u64, StoreError> {
+    let txn = db.begin_write()?;
+    let size = {
+        txn.open_table(CONTENT)?;
+        txn.open_table(NAMED)?;
+        txn.open_table(CHUNKS)?;
+        let mut settings = txn.open_table(SETTINGS)?;
+        let existing = settings.get(CHUNK_SIZE_SETTING)?.map(|v| v.value());
+        match existing {
+            Some(s) => s,
+            None => {
+                settings.insert(CHUNK_SIZE_SETTING, chunk_size)?;
+                chunk_size
+            }
+        }
+    };
+    txn.commit()?;
+    Ok(size)
+}

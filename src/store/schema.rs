@@ -1,0 +1,90 @@
+//! The redb tables and the record kept per content blob.
+
+use redb::TableDefinition;
+
+/// `BlobKey` → [`ContentMeta`] (encoded).
+pub(crate) const CONTENT: TableDefinition<[u8; 20], [u8; ContentMeta::SIZE]> =
+    TableDefinition::new("content");
+/// `(JobId, name)` → `BlobKey` of the content the name points at.
+pub(crate) const NAMED: TableDefinition<([u8; 16], &str), [u8; 20]> = TableDefinition::new("named");
+/// `(BlobKey, chunk index)` → up to one chunk of bytes.
+pub(crate) const CHUNKS: TableDefinition<([u8; 20], u32), &[u8]> = TableDefinition::new("chunks");
+/// Store-wide settings fixed at creation (the chunk size).
+pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
+
+pub(crate) const CHUNK_SIZE_SETTING: &str = "chunk_size";
+
+/// What the store knows of one content blob.
+///
+/// A content blob lives while it is `pinned` (stored by a content PUT and not deleted by key) or
+/// while named blobs point at it (`named_refs`). Its chunks go when both are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentMeta {
+    pub len: u64,
+    pub pinned: bool,
+    pub named_refs: u64,
+    /// Milliseconds since the Unix epoch of the first store.
+    pub created_ms: u64,
+}
+
+impl ContentMeta {
+    pub(crate) const SIZE: usize = 25;
+
+    pub(crate) fn encode(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[..8].copy_from_slice(&self.len.to_le_bytes());
+        b[8] = self.pinned as u8;
+        b[9..17].copy_from_slice(&self.named_refs.to_le_bytes());
+        b[17..].copy_from_slice(&self.created_ms.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8; Self::SIZE]) -> ContentMeta {
+        let u64_at = |i: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(x)
+        };
+        ContentMeta {
+            len: u64_at(0),
+            pinned: b[8] != 0,
+            named_refs: u64_at(9),
+            created_ms: u64_at(17),
+        }
+    }
+
+    pub(crate) fn is_live(&self) -> bool {
+        self.pinned || self.named_refs > 0
+    }
+}
+
+/// Number of chunks a blob of `len` bytes takes.
+pub(crate) fn chunk_count(len: u64, chunk_size: u64) -> u32 {
+    len.div_ceil(chunk_size) as u32
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trip() {
+        let m = ContentMeta {
+            len: 1 << 40,
+            pinned: true,
+            named_refs: 7,
+            created_ms: 123,
+        };
+        assert_eq!(ContentMeta::decode(&m.encode()), m);
+        assert_eq!(chunk_count(0, 10), 0);
+        assert_eq!(chunk_count(10, 10), 1);
+        assert_eq!(chunk_count(11, 10), 2);
+    }
+}

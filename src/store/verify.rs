@@ -1,0 +1,77 @@
+//! `verify`: re-hash every stored blob and look for chunks nothing points at.
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::StoreError;
+use super::read::BlobReader;
+use super::schema::*;
+use crate::key::BlobKey;
+
+/// One damaged blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub key: BlobKey,
+    pub what: String,
+}
+
+/// What [`BlobStore::verify`](super::BlobStore::verify) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub blobs_checked: u64,
+    pub bytes_checked: u64,
+    pub damaged: Vec<Damage>,
+    /// Chunks of no stored blob (a bug or a torn write if ever non-zero).
+    pub orphan_chunks: u64,
+    /// Named blobs pointing at content that is not there.
+    pub dangling_names: u64,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.damaged.is_empty() && self.orphan_chunks == 0 && self.dangling_names == 0
+    }
+}
+
+pub(crate) fn verify(db: &Database, chunk_size: u64) -> Result<VerifyReport, StoreError> {
+    let txn = db.begin_read()?;
+    let content = txn.open_table(CONTENT)?;
+    let named = txn.open_table(NAMED)?;
+    let mut report = VerifyReport::default();
+    for row in content.iter()? {
+        let (k, m) = row?;
+        let key = BlobKey(k.value());
+        let meta = ContentMeta::decode(&m.value());
+        let mut r = BlobReader::new(txn.open_table(CHUNKS)?, key, meta.len, chunk_size, true);
+        report.blobs_checked += 1;
+        loop {
+            match r.next_chunk() {
+                Ok(Some(c)) => report.bytes_checked += c.value().len() as u64,
+                Ok(None) => break,
+                Err(StoreError::Damaged { key, what }) => {
+                    report.damaged.push(Damage { key, what });
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let chunks = txn.open_table(CHUNKS)?;
+    for row in chunks.iter()? {
+        let (k, _) = row?;
+        let (key, i) = k.value();
+        let owned = content
+            .get(key)?
+            .map(|m| i < chunk_count(ContentMeta::decode(&m.value()).len, chunk_size))
+            .unwrap_or(false);
+        if !owned {
+            report.orphan_chunks += 1;
+        }
+    }
+    for row in named.iter()? {
+        let (_, v) = row?;
+        if content.get(v.value())?.is_none() {
+            report.dangling_names += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,315 @@
+//! The single writer thread: group commit of queued PUTs and DELETEs.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+
+use super::schema::*;
+use super::{Shared, Spooled, StoreError};
+use crate::key::{BlobId, BlobKey, JobId};
+use crate::protocol::{DeleteTarget, PutTarget};
+use crate::recovery::RecoveryItem;
+
+pub(crate) enum WriteOp {
+    Put {
+        blob: Spooled,
+        target: PutTarget,
+        reply: Sender<Result<BlobKey, StoreError>>,
+    },
+    Delete {
+        target: DeleteTarget,
+        reply: Sender<Result<u64, StoreError>>,
+    },
+    DeleteLocal {
+        target: DeleteTarget,
+        reply: Sender<Result<u64, StoreError>>,
+    },
+    Barrier {
+        reply: Sender<()>,
+    },
+}
+
+/// Bytes of uploads after which a batch stops growing (one batch is one transaction).
+const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+enum Outcome {
+    Key(BlobKey),
+    Count(u64),
+}
+
+pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut bytes = op_bytes(&batch[0]);
+        while batch.len() < shared.opts.max_batch && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(op) => {
+                    bytes += op_bytes(&op);
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        match commit(&shared, &batch) {
+            Ok(outcomes) => reply_all(batch, outcomes.into_iter().map(Ok).collect()),
+            Err(e) if batch.len() > 1 => {
+                // One bad operation must not fail its neighbours: retry each on its own.
+                tracing::warn!(error = %e, ops = batch.len(), "group commit failed; retrying one by one");
+                let results = batch
+                    .iter()
+                    .map(|op| commit(&shared, std::slice::from_ref(op)).map(|mut o| o.remove(0)))
+                    .collect();
+                reply_all(batch, results);
+            }
+            Err(e) => reply_all(batch, vec![Err(e)]),
+        }
+    }
+}
+
+fn op_bytes(op: &WriteOp) -> u64 {
+    match op {
+        WriteOp::Put { blob, .. } => blob.len() + 64,
+        _ => 64,
+    }
+}
+
+fn reply_all(batch: Vec<WriteOp>, results: Vec<Result<Outcome, StoreError>>) {
+    for (op, r) in batch.into_iter().zip(results) {
+        match op {
+            WriteOp::Put { reply, .. } => {
+                let _ = reply.send(r.map(|o| match o {
+                    Outcome::Key(k) => k,
+                    Outcome::Count(_) => BlobKey::default(),
+                }));
+            }
+            WriteOp::Delete { reply, .. } | WriteOp::DeleteLocal { reply, .. } => {
+                let _ = reply.send(r.map(|o| match o {
+                    Outcome::Count(n) => n,
+                    Outcome::Key(_) => 0,
+                }));
+            }
+            WriteOp::Barrier { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Applies `batch` in one transaction: recovery first (so a failure there leaves no trace
+/// anywhere), then the local commit.
+fn commit(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+    let result = commit_inner(shared, batch);
+    if let Err(StoreError::Storage(_)) = &result {
+        shared.invalidate();
+    }
+    result
+}
+
+fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+    if batch.iter().all(|op| matches!(op, WriteOp::Barrier { .. })) {
+        return Ok(batch.iter().map(|_| Outcome::Count(0)).collect());
+    }
+    let db: Arc<Database> = shared.db()?;
+    let mut txn = db.begin_write()?;
+    if !shared.opts.durable {
+        txn.set_durability(Durability::None)?;
+    }
+    let outcomes = apply(&txn, batch, shared.chunk_size)?;
+    if let Some(rec) = &shared.opts.recovery {
+        replicate(rec.as_ref(), batch).map_err(|e| StoreError::Recovery(e.to_string()))?;
+    }
+    txn.commit()?;
+    Ok(outcomes)
+}
+
+/// Replays the batch's puts and deletes on the recovery store, in order, puts grouped.
+fn replicate(
+    rec: &dyn crate::recovery::RecoveryStore,
+    batch: &[WriteOp],
+) -> Result<(), crate::recovery::RecoveryError> {
+    let mut puts: Vec<RecoveryItem<'_>> = Vec::new();
+    for op in batch {
+        match op {
+            WriteOp::Put { blob, target, .. } => puts.push(RecoveryItem {
+                id: match target {
+                    PutTarget::Content => BlobId::Content(blob.key()),
+                    PutTarget::Named(j, n) => BlobId::Named(*j, n.clone()),
+                },
+                data: blob.bytes(),
+            }),
+            WriteOp::Delete { target, .. } => {
+                if !puts.is_empty() {
+                    rec.put(&puts)?;
+                    puts.clear();
+                }
+                match target {
+                    DeleteTarget::Content(k) => rec.delete(&BlobId::Content(*k))?,
+                    DeleteTarget::Named(j, n) => rec.delete(&BlobId::Named(*j, n.clone()))?,
+                    DeleteTarget::Job(j) => rec.delete_job(j)?,
+                }
+            }
+            WriteOp::DeleteLocal { .. } | WriteOp::Barrier { .. } => {}
+        }
+    }
+    if !puts.is_empty() {
+        rec.put(&puts)?;
+    }
+    Ok(())
+}
+
+/// The tables of one write transaction.
+pub(crate) struct Tables<'t> {
+    pub content: Table<'t, [u8; 20], [u8; ContentMeta::SIZE]>,
+    pub named: Table<'t, ([u8; 16], &'static str), [u8; 20]>,
+    pub chunks: Table<'t, ([u8; 20], u32), &'static [u8]>,
+    pub chunk_size: u64,
+}
+
+fn apply(
+    txn: &WriteTransaction,
+    batch: &[WriteOp],
+    chunk_size: u64,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut t = Tables {
+        content: txn.open_table(CONTENT)?,
+        named: txn.open_table(NAMED)?,
+        chunks: txn.open_table(CHUNKS)?,
+        chunk_size,
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    for op in batch {
+        out.push(match op {
+            WriteOp::Put { blob, target, .. } => {
+                Outcome::Key(t.put(blob.key(), blob.bytes(), target)?)
+            }
+            WriteOp::Delete { target, .. } | WriteOp::DeleteLocal { target, .. } => {
+                Outcome::Count(t.delete(target)?)
+            }
+            WriteOp::Barrier { .. } => Outcome::Count(0),
+        });
+    }
+    Ok(out)
+}
+
+impl Tables<'_> {
+    /// Stores `data` (whose SHA-1 is `key`) under `target`.
+    pub fn put(
+        &mut self,
+        key: BlobKey,
+        data: &[u8],
+        target: &PutTarget,
+    ) -> Result<BlobKey, StoreError> {
+        let existing = self
+            .content
+            .get(key.0)?
+            .map(|m| ContentMeta::decode(&m.value()));
+        let mut meta = match existing {
+            Some(m) => m,
+            None => {
+                for (i, piece) in data.chunks(self.chunk_size as usize).enumerate() {
+                    self.chunks.insert((key.0, i as u32), piece)?;
+                }
+                ContentMeta {
+                    len: data.len() as u64,
+                    pinned: false,
+                    named_refs: 0,
+                    created_ms: now_ms(),
+                }
+            }
+        };
+        match target {
+            PutTarget::Content => meta.pinned = true,
+            PutTarget::Named(job, name) => {
+                let old = self
+                    .named
+                    .insert((job.0, name.as_str()), key.0)?
+                    .map(|g| g.value());
+                match old {
+                    Some(old) if old == key.0 => {}
+                    Some(old) => {
+                        meta.named_refs += 1;
+                        self.content.insert(key.0, meta.encode())?;
+                        self.release(BlobKey(old), false)?;
+                        return Ok(key);
+                    }
+                    None => meta.named_refs += 1,
+                }
+            }
+        }
+        self.content.insert(key.0, meta.encode())?;
+        Ok(key)
+    }
+
+    /// Drops one reference to `key` (the pin, or one name); frees the content when none remain.
+    fn release(&mut self, key: BlobKey, pin: bool) -> Result<bool, StoreError> {
+        let Some(mut meta) = self
+            .content
+            .get(key.0)?
+            .map(|m| ContentMeta::decode(&m.value()))
+        else {
+            return Ok(false);
+        };
+        if pin {
+            if !meta.pinned {
+                return Ok(false);
+            }
+            meta.pinned = false;
+        } else {
+            meta.named_refs = meta.named_refs.saturating_sub(1);
+        }
+        if meta.is_live() {
+            self.content.insert(key.0, meta.encode())?;
+        } else {
+            self.content.remove(key.0)?;
+            for i in 0..chunk_count(meta.len, self.chunk_size) {
+                self.chunks.remove((key.0, i))?;
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn delete(&mut self, target: &DeleteTarget) -> Result<u64, StoreError> {
+        match target {
+            DeleteTarget::Content(key) => Ok(self.release(*key, true)? as u64),
+            DeleteTarget::Named(job, name) => {
+                let old = self
+                    .named
+                    .remove((job.0, name.as_str()))?
+                    .map(|g| g.value());
+                match old {
+                    Some(k) => {
+                        self.release(BlobKey(k), false)?;
+                        Ok(1)
+                    }
+                    None => Ok(0),
+                }
+            }
+            DeleteTarget::Job(job) => {
+                let names = job_names(&self.named, job)?;
+                for (name, key) in &names {
+                    self.named.remove((job.0, name.as_str()))?;
+                    self.release(*key, false)?;
+                }
+                Ok(names.len() as u64)
+            }
+        }
+    }
+}
+
+/// The names of a job and the keys they point at.
+pub(crate) fn job_names(
+    named: &impl ReadableTable<([u8; 16], &'static str), [u8; 20]>,
+    job: &JobId,
+) -> Result<Vec<(String, BlobKey)>, StoreError> {
+    let mut out = Vec::new();
+    for row in named.range((job.0, "")..)? {
+        let (k, v) = row?;
+        let (j, name) = k.value();
+        if j != job.0 {
+            break;
+        }
+        out.push((name.to_owned(), BlobKey(v.value())));
+    }
+    Ok(out)
+}
