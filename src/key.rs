@@ -58,6 +58,35 @@ impl KeyHasher {
     }
 }
 
+/// A reader that hashes what passes through it.
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: KeyHasher,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: KeyHasher::new(),
+        }
+    }
+
+    /// The key of everything read so far.
+    pub fn key(&self) -> BlobKey {
+        self.hasher.clone().finish()
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Flink's `JobID`: `lowerPart` then `upperPart`, each a big-endian i64, on the wire and in hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct JobId(pub [u8; 16]);

@@ -1,9 +1,11 @@
 //! blobvault: Flink 0.10's BLOB service (server, client, worker cache, library-cache manager,
 //! recovery) over one embedded redb database instead of a file per blob.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod key;
+pub mod loadgen;
 pub mod protocol;
 pub mod recovery;
 pub mod server;
