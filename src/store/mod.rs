@@ -302,6 +302,20 @@ impl BlobStore {
 
     /// Stores a received blob under `target` once it is durable; returns its content key.
     pub fn commit(&self, blob: Spooled, target: PutTarget) -> Result<BlobKey, StoreError> {
+        self.commit_with(blob, target, false)
+    }
+
+    /// Like [`commit`](Self::commit), but never replicated to the recovery store.
+    pub fn commit_local(&self, blob: Spooled, target: PutTarget) -> Result<BlobKey, StoreError> {
+        self.commit_with(blob, target, true)
+    }
+
+    fn commit_with(
+        &self,
+        blob: Spooled,
+        target: PutTarget,
+        local_only: bool,
+    ) -> Result<BlobKey, StoreError> {
         if let PutTarget::Named(_, name) = &target {
             check_name(name)?;
         }
@@ -309,6 +323,7 @@ impl BlobStore {
         self.send(WriteOp::Put {
             blob,
             target,
+            local_only,
             reply,
         })?;
         rx.recv().map_err(|_| StoreError::Closed)?

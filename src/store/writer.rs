@@ -15,6 +15,8 @@ pub(crate) enum WriteOp {
     Put {
         blob: Spooled,
         target: PutTarget,
+        /// Not replicated to the recovery store (it came from there, or the caller is a cache).
+        local_only: bool,
         reply: Sender<Result<BlobKey, StoreError>>,
     },
     Delete {
@@ -131,6 +133,9 @@ fn replicate(
     let mut puts: Vec<RecoveryItem<'_>> = Vec::new();
     for op in batch {
         match op {
+            WriteOp::Put {
+                local_only: true, ..
+            } => {}
             WriteOp::Put { blob, target, .. } => puts.push(RecoveryItem {
                 id: match target {
                     PutTarget::Content => BlobId::Content(blob.key()),
