@@ -5,16 +5,17 @@
 //! from a read transaction. See `schema.rs` for the tables and the reference-counting rule.
 
 mod faults;
+mod handle;
 mod read;
-mod schema;
+pub(crate) mod schema;
 mod spool;
 mod verify;
-mod writer;
+pub(crate) mod writer;
 
 use std::fs::{self, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, bounded};
@@ -178,8 +179,7 @@ pub struct StoreStats {
 
 /// The parts shared by the store's handles and its writer thread.
 pub(crate) struct Shared {
-    db: RwLock<Option<Arc<Database>>>,
-    path: PathBuf,
+    db: handle::DbHandle,
     spool_dir: PathBuf,
     opts: StoreOptions,
     chunk_size: u64,
@@ -218,7 +218,12 @@ impl std::fmt::Debug for BlobStore {
     }
 }
 
-fn open_db(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
+/// Opens a redb file through the fault-injecting backend (a no-op unless switched on).
+pub(crate) fn open_db_file(
+    path: &Path,
+    builder: &redb::Builder,
+    faults: &FaultSwitch,
+) -> Result<Database, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -226,10 +231,9 @@ fn open_db(path: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
         .truncate(false)
         .open(path)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
-    let backend = faults::FaultyBackend::new(file, opts.faults.clone())
+    let backend = faults::FaultyBackend::new(file, faults.clone())
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
-    Database::builder()
-        .set_cache_size(opts.cache_size)
+    builder
         .create_with_backend(backend)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
 }
@@ -248,15 +252,18 @@ impl BlobStore {
     pub fn open_with(opts: StoreOptions) -> Result<BlobStore, StoreError> {
         fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
-        let path = opts.dir.join(DB_FILE);
-        let db = open_db(&path, &opts)?;
-        let chunk_size = init_schema(&db, opts.chunk_size as u64)?;
+        let (cache_size, faults) = (opts.cache_size, opts.faults.clone());
+        let db = handle::DbHandle::open(opts.dir.join(DB_FILE), move |path| {
+            let mut b = Database::builder();
+            b.set_cache_size(cache_size);
+            open_db_file(path, &b, &faults)
+        })?;
+        let chunk_size = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
         let spool_dir = opts.dir.join(SPOOL_DIR);
         spool::clean_spool_dir(&spool_dir)
             .map_err(|e| StoreError::Open(spool_dir.clone(), e.to_string()))?;
         let shared = Arc::new(Shared {
-            db: RwLock::new(Some(Arc::new(db))),
-            path,
+            db,
             spool_dir,
             opts,
             chunk_size,
@@ -491,7 +498,7 @@ impl BlobStore {
             named_blobs: named.len()?,
             chunks: chunks.len()?,
             chunk_size: self.inner.shared.chunk_size,
-            file_bytes: fs::metadata(&self.inner.shared.path)
+            file_bytes: fs::metadata(self.inner.shared.db.path())
                 .map(|m| m.len())
                 .unwrap_or(0),
             ..StoreStats::default()
@@ -520,35 +527,16 @@ impl BlobStore {
 
 impl Shared {
     pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
-        if let Some(db) = self.db.read().map_err(|_| StoreError::Closed)?.as_ref() {
-            return Ok(Arc::clone(db));
-        }
-        self.reopen()
+        self.db.get()
     }
 
-    /// After an I/O error redb fails every later call; closing and reopening the file is how the
-    /// store comes back once the storage works again.
-    pub(crate) fn reopen(&self) -> Result<Arc<Database>, StoreError> {
-        let mut slot = self.db.write().map_err(|_| StoreError::Closed)?;
-        if let Some(db) = slot.as_ref() {
-            return Ok(Arc::clone(db));
-        }
-        let db = Arc::new(open_db(&self.path, &self.opts)?);
-        *slot = Some(Arc::clone(&db));
-        tracing::info!(path = %self.path.display(), "store reopened after a storage failure");
-        Ok(db)
-    }
-
-    /// Drops the failed database so the next access reopens it.
     pub(crate) fn invalidate(&self) {
-        if let Ok(mut slot) = self.db.write() {
-            slot.take();
-        }
+        self.db.invalidate()
     }
 }
 
 /// Creates the tables and records the chunk size on first open; returns the store's chunk size.
-fn init_schema(db: &Database, chunk_size: u64) -> Result<u64, StoreError> {
+pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<u64, StoreError> {
     let txn = db.begin_write()?;
     let size = {
         txn.open_table(CONTENT)?;
