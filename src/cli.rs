@@ -96,6 +96,25 @@ enum Cmd {
     },
     /// Load generator over the wire protocol.
     Bench(crate::loadgen::BenchArgs),
+    /// Inspect or purge a recovery directory.
+    Recovery {
+        #[command(subcommand)]
+        cmd: RecoveryCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecoveryCmd {
+    /// List the blobs held for failover.
+    Ls {
+        #[arg(long)]
+        recovery_dir: PathBuf,
+    },
+    /// Remove every blob held for failover (no running server needs them any more).
+    Purge {
+        #[arg(long)]
+        recovery_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +176,7 @@ pub fn main() -> i32 {
         Cmd::Stat { dir } => stat(dir),
         Cmd::Verify { dir } => return verify(dir),
         Cmd::Bench(a) => crate::loadgen::run_cli(&a),
+        Cmd::Recovery { cmd } => recovery(cmd),
     };
     match result {
         Ok(()) => 0,
@@ -340,4 +360,26 @@ fn verify(dir: Option<PathBuf>) -> i32 {
             2
         }
     }
+}
+
+fn recovery(cmd: RecoveryCmd) -> CliResult {
+    use crate::recovery::{RecoveryStore, RedbRecoveryStore};
+    match cmd {
+        RecoveryCmd::Ls { recovery_dir } => {
+            let mut out = io::stdout().lock();
+            for id in RedbRecoveryStore::open(&recovery_dir)?.list()? {
+                match id {
+                    BlobId::Content(k) => writeln!(out, "{k}")?,
+                    BlobId::Named(j, n) => writeln!(out, "{j}\t{n}")?,
+                }
+            }
+        }
+        RecoveryCmd::Purge { recovery_dir } => {
+            let rec = RedbRecoveryStore::open(&recovery_dir)?;
+            let n = rec.list()?.len();
+            rec.purge()?;
+            println!("purged {n} blobs from {}", recovery_dir.display());
+        }
+    }
+    Ok(())
 }

@@ -67,6 +67,11 @@ impl Configuration {
         self
     }
 
+    /// The raw value, untrimmed and possibly empty.
+    pub fn get_raw(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
     }

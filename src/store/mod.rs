@@ -22,6 +22,7 @@ use crossbeam_channel::{Sender, bounded};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 pub use faults::FaultSwitch;
+pub(crate) use handle::DbHandle;
 pub use read::BlobReader;
 pub use schema::ContentMeta;
 pub use spool::{Spooled, Upload};
@@ -433,6 +434,15 @@ impl BlobStore {
             self.inner.shared.chunk_size,
             self.inner.shared.opts.verify_reads,
         )))
+    }
+
+    /// Like [`get`](Self::get), but a local miss is looked up in the recovery store (and kept
+    /// locally when found there).
+    pub fn fetch(&self, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
+        match self.get(id)? {
+            Some(r) => Ok(Some(r)),
+            None => crate::recovery::read_repair(self, id),
+        }
     }
 
     /// Reads a whole blob into memory.

@@ -141,6 +141,7 @@ fn replicate(
                     PutTarget::Content => BlobId::Content(blob.key()),
                     PutTarget::Named(j, n) => BlobId::Named(*j, n.clone()),
                 },
+                key: blob.key(),
                 data: blob.bytes(),
             }),
             WriteOp::Delete { target, .. } => {
