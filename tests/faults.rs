@@ -1,0 +1,138 @@
+//! Failing storage and damaged data: errors, never lost or wrong bytes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use blobvault::config::ServerConfig;
+use blobvault::store::{FaultSwitch, StoreOptions};
+use blobvault::{BlobClient, BlobId, BlobKey, BlobServer, BlobStore};
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn full_disk_fails_puts_keeps_reads_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultSwitch::new();
+    let store = StoreOptions::new(dir.path())
+        .faults(faults.clone())
+        .open()
+        .unwrap();
+    let server = BlobServer::start(store, ServerConfig::default()).unwrap();
+    let mut acked = Vec::new();
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    for i in 0..20u8 {
+        let data = pattern(10_000 + i as usize * 3000, i);
+        acked.push((c.put(&data).unwrap(), data));
+    }
+
+    faults.disk_full();
+    // Big enough that the file must grow.
+    let big = pattern(8 << 20, 99);
+    let err = c.put(&big).unwrap_err();
+    assert!(err.to_string().contains("Server side error"), "{err}");
+
+    // Reads keep working while the disk is full.
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    for (k, data) in &acked {
+        assert_eq!(&c.get_bytes(&BlobId::Content(*k)).unwrap(), data);
+    }
+    assert!(
+        !server
+            .store()
+            .contains(&BlobId::Content(BlobKey::of(&big)))
+            .unwrap()
+    );
+
+    // Space returns: PUTs work again and nothing acknowledged was lost.
+    faults.heal();
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    assert_eq!(c.put(&big).unwrap(), BlobKey::of(&big));
+    for (k, data) in &acked {
+        assert_eq!(&c.get_bytes(&BlobId::Content(*k)).unwrap(), data);
+    }
+    let report = server.store().verify().unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.blobs_checked, 21);
+}
+
+#[test]
+fn failing_writes_fail_the_put_with_an_error_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultSwitch::new();
+    let store = StoreOptions::new(dir.path())
+        .faults(faults.clone())
+        .open()
+        .unwrap();
+    let kept = store.put(b"kept").unwrap();
+    let server = BlobServer::start(store, ServerConfig::default()).unwrap();
+    faults.fail_writes();
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    let err = c.put(b"lost").unwrap_err();
+    assert!(err.server_message().is_some(), "{err}");
+    faults.heal();
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    assert_eq!(c.get_bytes(&BlobId::Content(kept)).unwrap(), b"kept");
+    assert!(
+        !server
+            .store()
+            .contains(&BlobId::Content(BlobKey::of(b"lost")))
+            .unwrap()
+    );
+}
+
+/// Flips one byte of `needle`'s first occurrence in the store file.
+fn flip_in_file(path: &std::path::Path, needle: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("blob bytes not found in the store file");
+    bytes[at + needle.len() / 2] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn verify_and_get_detect_a_corrupted_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = b"small blob whose bytes get flipped on disk ........".repeat(20);
+    let large = pattern(1_000_000, 5);
+    let (ks, kl) = {
+        let store = BlobStore::open(dir.path()).unwrap();
+        (store.put(&small).unwrap(), store.put(&large).unwrap())
+    };
+    let db = dir.path().join(blobvault::store::DB_FILE);
+    flip_in_file(&db, &small[100..200]);
+    flip_in_file(&db, &large[600_000..600_100]);
+
+    let store = BlobStore::open(dir.path()).unwrap();
+    let report = store.verify().unwrap();
+    let mut bad: Vec<BlobKey> = report.damaged.iter().map(|d| d.key).collect();
+    bad.sort();
+    let mut want = vec![ks, kl];
+    want.sort();
+    assert_eq!(bad, want, "{report:?}");
+
+    let server = BlobServer::start(store, ServerConfig::default()).unwrap();
+    // A one-chunk blob: checked before anything is sent, so the client gets an error reply.
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    let err = c.get_bytes(&BlobId::Content(ks)).unwrap_err();
+    assert!(
+        err.server_message().unwrap_or("").contains("damaged"),
+        "{err}"
+    );
+    // A multi-chunk blob: the stream is cut before its last chunk; never the wrong bytes.
+    let mut raw = TcpStream::connect(server.local_addr()).unwrap();
+    let mut req = vec![1u8, 0];
+    req.extend_from_slice(&kl.0);
+    raw.write_all(&req).unwrap();
+    let mut got = Vec::new();
+    raw.read_to_end(&mut got).unwrap();
+    assert_eq!(got[0], 0);
+    assert!(got.len() < 5 + large.len(), "a damaged blob was sent whole");
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    assert!(c.get_bytes(&BlobId::Content(kl)).is_err());
+}
