@@ -220,9 +220,12 @@ fn worker(ctx: Arc<Ctx>, rx: Receiver<(u64, TcpStream)>) {
 
 /// Why a connection ends.
 enum Close {
-    /// Clean end, or an unknown op (closed without reply), or an I/O failure.
+    /// Clean end between requests, or an I/O failure: nothing more can or need be sent.
     Quiet,
-    /// Send this error reply, then close.
+    /// An unknown op byte: no reply to it, but the replies to the requests before it still go
+    /// out before the close.
+    Silent,
+    /// Send the replies gathered so far, then this error reply, then close.
     Error(String),
 }
 
@@ -254,16 +257,30 @@ impl<'a> Connection<'a> {
             .stream
             .set_write_timeout(Some(self.ctx.config.write_timeout));
         tracing::debug!(peer = self.peer, "connection opened");
-        if let Close::Error(msg) = self.run() {
-            tracing::warn!(peer = self.peer, error = %msg, "request failed; sending error reply");
-            self.out.clear();
-            protocol::encode_error(&msg, &mut self.out);
-            let _ = self.stream.write_all(&self.out);
-            // Let the reply leave before the close; unread input would otherwise turn it into a reset.
-            let _ = self.stream.shutdown(Shutdown::Write);
-            self.drain_briefly();
+        let close = self.run();
+        // A PUT cut short: its spooled bytes go before the client hears of the failure.
+        self.upload = None;
+        match close {
+            Close::Quiet => {}
+            Close::Silent => self.close_gracefully(),
+            Close::Error(msg) => {
+                tracing::warn!(peer = self.peer, error = %msg, "request failed; sending error reply");
+                // `out` holds only whole replies to the requests before the failing one: they
+                // go first, as the original answered each request before reading the next.
+                protocol::encode_error(&msg, &mut self.out);
+                self.close_gracefully();
+            }
         }
         tracing::debug!(peer = self.peer, "connection closed");
+    }
+
+    /// Sends what is pending, then closes so that it arrives: unread input would otherwise
+    /// turn the close into a reset that destroys the replies.
+    fn close_gracefully(&mut self) {
+        let _ = self.stream.write_all(&self.out);
+        self.out.clear();
+        let _ = self.stream.shutdown(Shutdown::Write);
+        self.drain_briefly();
     }
 
     /// Reads (and drops) what the client still sends for a moment, so that the error reply is
@@ -322,7 +339,7 @@ impl<'a> Connection<'a> {
                             op,
                             "unknown operation; closing connection without reply"
                         );
-                        return Close::Quiet;
+                        return Close::Silent;
                     }
                     Err(e) => return Close::Error(e.to_string()),
                 };
