@@ -233,6 +233,9 @@ pub struct CacheStats {
     pub hits: u64,
     /// Requests that started a download (each shared by every concurrent request for the key).
     pub misses: u64,
+    /// Requests that waited for a download another request had started (single flight); each
+    /// then counts as a hit, or fails with that download's error.
+    pub shared: u64,
     /// Connection attempts made to servers (one per attempt, so retries count).
     pub attempts: u64,
     /// Attempts that failed (remote errors, refused or dropped connections, corrupt data).
@@ -356,6 +359,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
+    shared: AtomicU64,
     attempts: AtomicU64,
     failed_attempts: AtomicU64,
     downloads: AtomicU64,
@@ -587,6 +591,7 @@ impl BlobCache {
         CacheStats {
             hits: c.hits.load(Ordering::Relaxed),
             misses: c.misses.load(Ordering::Relaxed),
+            shared: c.shared.load(Ordering::Relaxed),
             attempts: c.attempts.load(Ordering::Relaxed),
             failed_attempts: c.failed_attempts.load(Ordering::Relaxed),
             downloads: c.downloads.load(Ordering::Relaxed),
@@ -637,6 +642,7 @@ impl Inner {
             if let Some(f) = st.inflight.get(key).cloned() {
                 drop(st);
                 // Another request is downloading this key: share its outcome, then look again.
+                self.counters.shared.fetch_add(1, Ordering::Relaxed);
                 f.wait()?;
                 continue;
             }
