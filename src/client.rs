@@ -59,6 +59,8 @@ impl ClientError {
 }
 
 const READ_BUF: usize = 64 * 1024;
+/// Most a download reserves up front on the strength of the announced length.
+const PREALLOC_LIMIT: u64 = 16 * 1024 * 1024;
 const WRITE_BUF: usize = 256 * 1024;
 
 /// One connection to a BLOB server, carrying any number of requests in sequence.
@@ -152,7 +154,7 @@ impl BlobClient {
                     actual: got,
                 })
             }
-            None => unreachable!("a content PUT reply carries a key"),
+            None => Err(self.unexpected("PUT")),
         }
     }
 
@@ -208,7 +210,8 @@ impl BlobClient {
     /// Downloads a whole blob into memory.
     pub fn get_bytes(&mut self, id: &BlobId) -> Result<Vec<u8>, ClientError> {
         let mut d = self.start_get(id.clone())?;
-        let mut out = Vec::with_capacity(d.len() as usize);
+        // The length is the server's word: reserve a bounded amount, let the rest grow as it comes.
+        let mut out = Vec::with_capacity(d.len().min(PREALLOC_LIMIT) as usize);
         d.read_to_end(&mut out).map_err(|e| d.error_of(e))?;
         Ok(out)
     }
@@ -292,15 +295,13 @@ impl BlobClient {
         protocol::encode_get(&id, &mut self.out);
         self.flush_out("GET")?;
         let mut dec = ResponseDecoder::new(Expect::Get);
-        let len = loop {
-            match self.next_event(&mut dec, "GET", usize::MAX)? {
-                Event::Length(n) => break n,
-                Event::Error(message) => {
-                    self.close();
-                    return Err(ClientError::Server { op: "GET", message });
-                }
-                _ => unreachable!("a GET reply starts with a status and length"),
+        let len = match self.next_event(&mut dec, "GET", usize::MAX)? {
+            Event::Length(n) => n,
+            Event::Error(message) => {
+                self.close();
+                return Err(ClientError::Server { op: "GET", message });
             }
+            _ => return Err(self.unexpected("GET")),
         };
         let expected = match id {
             BlobId::Content(k) => Some(k),
@@ -327,9 +328,17 @@ impl BlobClient {
                 self.close();
                 Err(ClientError::Server { op, message })
             }
-            Event::Length(_) | Event::Data(..) | Event::End => {
-                unreachable!("not a PUT/DELETE reply")
-            }
+            Event::Length(_) | Event::Data(..) | Event::End => Err(self.unexpected(op)),
+        }
+    }
+
+    /// A reply the decoder should never have produced for this request: the connection's state
+    /// is unknown, so it is closed.
+    fn unexpected(&mut self, op: &'static str) -> ClientError {
+        self.close();
+        ClientError::Io {
+            op,
+            source: io::Error::new(io::ErrorKind::InvalidData, "unexpected reply"),
         }
     }
 
@@ -476,26 +485,24 @@ impl Read for Download<'_> {
         if self.done || buf.is_empty() {
             return Ok(0);
         }
-        loop {
-            match self
-                .client
-                .next_event(&mut self.dec, "GET", buf.len())
-                .map_err(io::Error::other)?
-            {
-                Event::Data(a, b) => {
-                    let n = b - a;
-                    buf[..n].copy_from_slice(&self.client.rbuf[a..b]);
-                    self.hasher.update(&buf[..n]);
-                    self.remaining -= n as u64;
-                    return Ok(n);
-                }
-                Event::End => {
-                    self.done = true;
-                    self.verify().map_err(io::Error::other)?;
-                    return Ok(0);
-                }
-                _ => return Err(io::Error::other("unexpected event in GET body")),
+        match self
+            .client
+            .next_event(&mut self.dec, "GET", buf.len())
+            .map_err(io::Error::other)?
+        {
+            Event::Data(a, b) => {
+                let n = b - a;
+                buf[..n].copy_from_slice(&self.client.rbuf[a..b]);
+                self.hasher.update(&buf[..n]);
+                self.remaining -= n as u64;
+                Ok(n)
             }
+            Event::End => {
+                self.done = true;
+                self.verify().map_err(io::Error::other)?;
+                Ok(0)
+            }
+            _ => Err(io::Error::other(self.client.unexpected("GET"))),
         }
     }
 }

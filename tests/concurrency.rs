@@ -56,7 +56,7 @@ fn run_thread(addr: std::net::SocketAddr, t: usize, start: &Barrier) -> Outcome 
         dropped
     );
     let mut contents = vec![kept.clone()];
-    if t % 4 == 0 {
+    if t.is_multiple_of(4) {
         let shared = shared_data();
         assert_eq!(c.put(&shared).expect("put shared"), BlobKey::of(&shared));
         assert_eq!(
