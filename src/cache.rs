@@ -430,7 +430,9 @@ impl CachedBlob {
         self.len == 0
     }
 
-    /// A read-only memory map of the file.
+    /// A read-only memory map of the file. The map stays valid on its own, even after the
+    /// handle is dropped and the blob evicted or deleted (Unix keeps an unlinked file's data
+    /// while it is mapped).
     pub fn map(&self) -> Result<Mmap, CacheError> {
         let err = |e| CacheError::Map {
             path: self.path.clone(),

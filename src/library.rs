@@ -132,6 +132,8 @@ pub trait BlobService: Send + Sync + fmt::Debug {
 }
 
 /// On a worker: the cache's file, downloaded if needed; `delete` drops only the local copy.
+/// `acquire`/`release` pin the blob in the cache; `local_path` takes no hold, so with a size
+/// cap an unreferenced blob may be evicted again once other blobs arrive.
 impl BlobService for BlobCache {
     fn local_path(&self, key: &BlobKey) -> Result<PathBuf, BlobServiceError> {
         Ok(self.get(key)?.path().to_path_buf())
