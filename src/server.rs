@@ -329,6 +329,7 @@ impl<'a> Connection<'a> {
                     Err(e) => Close::Error(e.to_string()),
                 };
             }
+            quick_ack(&self.stream);
             let mut pos = 0;
             while pos < n {
                 let (used, event) = match dec.decode(&buf[pos..n]) {
@@ -485,4 +486,18 @@ fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<
         }
     }
     stream.write_all(b)
+}
+
+/// Acknowledges what was just read at once instead of after Linux's delayed-ACK timer (40 ms).
+/// A client that writes a request in small pieces with Nagle on (Flink's Java client) sends each
+/// piece only once the previous one is acknowledged; the kernel clears the flag after each ACK,
+/// so it is set again after every read.
+fn quick_ack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::linux::net::TcpStreamExt;
+        let _ = stream.set_quickack(true);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
 }
