@@ -616,3 +616,100 @@ fn bad_responses_are_errors() {
     );
     assert!(matches!(end, Err(ProtocolError::Truncated { .. })));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The split property on arbitrary input (seeded garbage, biased towards plausible fields).
+
+fn plausible_garbage(rng: &mut Rng, max: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    let target = rng.below(max as u64) as usize;
+    while v.len() < target {
+        match rng.below(10) {
+            0..=2 => v.push(rng.below(3) as u8),
+            3 => v.extend_from_slice(&len32(rng.below(70) as i32)),
+            4 => v.extend_from_slice(&len32(-1)),
+            5 => v.extend_from_slice(&len32(rng.next_u64() as i32)),
+            _ => {
+                let n = rng.below(24) as usize + 1;
+                v.extend_from_slice(&rng.bytes(n));
+            }
+        }
+    }
+    v
+}
+
+/// `bytes` cut at a few random points.
+fn random_split<'a>(rng: &mut Rng, bytes: &'a [u8]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = (0..rng.below(6))
+        .map(|_| rng.below(bytes.len() as u64 + 1) as usize)
+        .collect();
+    cuts.sort_unstable();
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for c in cuts {
+        parts.push(&bytes[at..c]);
+        at = c;
+    }
+    parts.push(&bytes[at..]);
+    parts
+}
+
+#[test]
+fn request_split_property_on_garbage() {
+    let mut rng = Rng::new(0xdec0de);
+    for case in 0..2000 {
+        let bytes = plausible_garbage(&mut rng, 200);
+        let whole = decode_requests([bytes.as_slice()]);
+        assert_eq!(
+            decode_requests(bytes.chunks(1)),
+            whole,
+            "case {case}, byte by byte: {bytes:02x?}"
+        );
+        for _ in 0..4 {
+            let parts = random_split(&mut rng, &bytes);
+            assert_eq!(
+                decode_requests(parts.iter().copied()),
+                whole,
+                "case {case}, split {:?}",
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+#[test]
+fn response_split_property_on_garbage() {
+    let kinds = [
+        Expect::PutContent,
+        Expect::PutNamed,
+        Expect::Get,
+        Expect::Delete,
+    ];
+    let mut rng = Rng::new(0xfeed);
+    for case in 0..2000 {
+        let expects: Vec<Expect> = (0..rng.below(4) + 1)
+            .map(|_| kinds[rng.below(4) as usize])
+            .collect();
+        let mut bytes = plausible_garbage(&mut rng, 120);
+        if rng.below(2) == 0 {
+            // Keep GET lengths small so bodies complete within the input sometimes.
+            for b in bytes.iter_mut().skip(1).step_by(5) {
+                *b &= 0x0f;
+            }
+        }
+        let whole = decode_responses(&expects, [bytes.as_slice()]);
+        assert_eq!(
+            decode_responses(&expects, bytes.chunks(1)),
+            whole,
+            "case {case}, byte by byte: {expects:?} {bytes:02x?}"
+        );
+        for _ in 0..4 {
+            let parts = random_split(&mut rng, &bytes);
+            assert_eq!(
+                decode_responses(&expects, parts.iter().copied()),
+                whole,
+                "case {case}: {expects:?} {bytes:02x?}"
+            );
+        }
+    }
+}
