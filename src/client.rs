@@ -290,6 +290,10 @@ impl BlobClient {
     }
 
     fn start_get(&mut self, id: BlobId) -> Result<Download<'_>, ClientError> {
+        // Refused before anything is sent, so the connection stays usable (also via `get_bytes`).
+        if let BlobId::Named(_, name) = &id {
+            check_name(name)?;
+        }
         self.stream()?;
         self.out.clear();
         protocol::encode_get(&id, &mut self.out);

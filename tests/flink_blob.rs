@@ -583,3 +583,34 @@ fn exception_on_create_database_file_failure() {
         Ok(_) => panic!("must not open"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Client-side name rule (PROTOCOL.md §2.4: refused before sending; the connection stays open).
+
+#[test]
+fn client_refuses_long_names_before_sending() {
+    let s = TestServer::start();
+    let mut c = s.client();
+    let job = JobId::random();
+    let long = "é".repeat(33); // 33 chars, 66 bytes of UTF-8: the server's rule counts bytes.
+    assert!(matches!(
+        c.put_named(job, &long, b"x"),
+        Err(ClientError::Name(_))
+    ));
+    assert!(matches!(
+        c.get_named(job, &long).map(|_| ()),
+        Err(ClientError::Name(_))
+    ));
+    assert!(matches!(
+        c.get_bytes(&BlobId::Named(job, long.clone())),
+        Err(ClientError::Name(_))
+    ));
+    assert!(matches!(
+        c.delete_named(job, &long),
+        Err(ClientError::Name(_))
+    ));
+    assert!(c.is_connected());
+    let ok = "é".repeat(32);
+    c.put_named(job, &ok, b"x").unwrap();
+    assert_eq!(c.get_bytes(&BlobId::Named(job, ok)).unwrap(), b"x");
+}

@@ -713,3 +713,32 @@ fn response_split_property_on_garbage() {
         }
     }
 }
+
+#[test]
+fn pipelined_requests_around_a_multi_chunk_get() {
+    // Requests written back to back in one go, one of them a GET of a blob spanning several
+    // store chunks: the replies come back in order and byte for byte.
+    let s = TestServer::start();
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    let big_key = BlobKey::of(&big);
+    let mut req = Vec::new();
+    let mut reply = Vec::new();
+    encode_put_header(&PutTarget::Content, &mut req);
+    chunked_body(&big, &[65536], &mut req);
+    encode_put_key(&big_key, &mut reply);
+    req.extend_from_slice(&put_hello());
+    reply.extend_from_slice(&put_hello_reply());
+    for _ in 0..2 {
+        encode_get(&BlobId::Content(big_key), &mut req);
+        encode_get_header(big.len() as u32, &mut reply);
+        reply.extend_from_slice(&big);
+        req.extend_from_slice(&get_hello());
+        reply.extend_from_slice(&get_hello_reply());
+    }
+    req.extend_from_slice(&delete_key());
+    reply.push(0);
+    let x = s.exchange(&req);
+    assert!(x.closed_cleanly(), "{:?}", x.end);
+    assert_eq!(x.reply.len(), reply.len());
+    assert!(x.reply == reply, "replies differ");
+}
