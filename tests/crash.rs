@@ -71,10 +71,13 @@ fn verify_cli(dir: &Path) {
     );
 }
 
+/// Blobs the server acknowledged, with their bytes.
+type Acked = Vec<(BlobId, Vec<u8>)>;
+
 #[test]
 fn sigkill_under_load_loses_no_acknowledged_blob() {
     let dir = tempfile::tempdir().unwrap();
-    let acked: Arc<Mutex<Vec<(BlobId, Vec<u8>)>>> = Arc::default();
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut rng = Rng(0x5eed);
     for round in 0..4u64 {
         let server = Server::start(dir.path());
@@ -84,14 +87,14 @@ fn sigkill_under_load_loses_no_acknowledged_blob() {
             .map(|t| {
                 let (addr, acked, ack_tx) = (server.addr, acked.clone(), ack_tx.clone());
                 std::thread::spawn(move || {
-                    let mut rng = Rng((round << 32) ^ (t + 1) * 0x9e37_79b9);
+                    let mut rng = Rng((round << 32) ^ ((t + 1) * 0x9e37_79b9));
                     let job = JobId::random();
                     let Ok(mut c) = BlobClient::connect(addr) else {
                         return;
                     };
                     for i in 0.. {
                         let size = match rng.next() % 10 {
-                            0 => 1 << 20 | (rng.next() % 500_000) as usize,
+                            0 => (1 << 20) | (rng.next() % 500_000) as usize,
                             1..=3 => (rng.next() % 200_000) as usize,
                             _ => (rng.next() % 8_000) as usize,
                         };
