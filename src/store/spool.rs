@@ -1,5 +1,7 @@
 //! Uploads are received and hashed here, before they reach the writer: small ones in memory,
-//! large ones in a temp file that is memory-mapped for the insert.
+//! large ones in a temp file. The writer reads a spooled file back chunk by chunk straight into
+//! the database's pages ([`Spooled::read_at`]); it is not memory-mapped, because mapped pages
+//! count towards the server's resident memory (a 256 MiB upload would add 256 MiB).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -49,8 +51,25 @@ pub struct Spooled {
 #[derive(Debug)]
 enum SpooledData {
     Mem(Vec<u8>),
-    File { map: Mmap, _temp: TempFile },
+    File { file: File, temp: TempFile },
     Empty,
+}
+
+/// The bytes of a spooled blob as one slice: borrowed when it is in memory, mapped when it is in
+/// a file.
+pub(crate) enum SpooledBytes<'a> {
+    Slice(&'a [u8]),
+    Map(Mmap),
+}
+
+impl std::ops::Deref for SpooledBytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SpooledBytes::Slice(s) => s,
+            SpooledBytes::Map(m) => m,
+        }
+    }
 }
 
 impl Upload {
@@ -111,19 +130,13 @@ impl Upload {
         Ok(())
     }
 
-    /// Ends the upload: computes the key and maps the spool file, if any.
+    /// Ends the upload: computes the key.
     pub fn finish(self) -> Result<Spooled, StoreError> {
         let key = self.hasher.finish();
         let data = match self.file {
             None if self.mem.is_empty() => SpooledData::Empty,
             None => SpooledData::Mem(self.mem),
-            Some((f, t)) => {
-                // SAFETY: the spool file is private to this upload (created with create_new,
-                // never shared) and nothing writes it after this point.
-                let map =
-                    unsafe { Mmap::map(&f) }.map_err(|e| StoreError::Spool(t.path.clone(), e))?;
-                SpooledData::File { map, _temp: t }
-            }
+            Some((file, temp)) => SpooledData::File { file, temp },
         };
         Ok(Spooled {
             key,
@@ -146,13 +159,62 @@ impl Spooled {
         self.len == 0
     }
 
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// Fills `buf` with the bytes at `offset` (the caller stays within the blob's length).
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         match &self.data {
-            SpooledData::Mem(v) => v,
-            SpooledData::File { map, .. } => map,
-            SpooledData::Empty => &[],
+            SpooledData::Mem(v) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let src = start
+                    .checked_add(buf.len())
+                    .and_then(|end| v.get(start..end))
+                    .ok_or_else(|| StoreError::Storage("read past the end of an upload".into()))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            SpooledData::File { file, temp } => read_exact_at(file, buf, offset)
+                .map_err(|e| StoreError::Spool(temp.path.clone(), e)),
+            SpooledData::Empty if buf.is_empty() => Ok(()),
+            SpooledData::Empty => Err(StoreError::Storage("read past the end of an upload".into())),
         }
     }
+
+    /// All the bytes as one slice; a spool file is memory-mapped for it (only the recovery
+    /// store, whose interface takes slices, needs this).
+    pub(crate) fn bytes(&self) -> Result<SpooledBytes<'_>, StoreError> {
+        match &self.data {
+            SpooledData::Mem(v) => Ok(SpooledBytes::Slice(v)),
+            SpooledData::Empty => Ok(SpooledBytes::Slice(&[])),
+            SpooledData::File { file, temp } => {
+                // SAFETY: the spool file is private to this upload (created with create_new,
+                // never shared) and nothing writes it after `finish`.
+                let map = unsafe { Mmap::map(file) }
+                    .map_err(|e| StoreError::Spool(temp.path.clone(), e))?;
+                Ok(SpooledBytes::Map(map))
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Removes spool files left by an earlier process (after a crash) from `dir`.

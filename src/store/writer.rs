@@ -119,7 +119,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
     }
     let outcomes = apply(&txn, batch, shared.chunk_size)?;
     if let Some(rec) = &shared.opts.recovery {
-        replicate(rec.as_ref(), batch).map_err(|e| StoreError::Recovery(e.to_string()))?;
+        replicate(rec.as_ref(), batch)?;
     }
     txn.commit()?;
     Ok(outcomes)
@@ -129,9 +129,22 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
 fn replicate(
     rec: &dyn crate::recovery::RecoveryStore,
     batch: &[WriteOp],
-) -> Result<(), crate::recovery::RecoveryError> {
+) -> Result<(), StoreError> {
+    let rec_err = |e: crate::recovery::RecoveryError| StoreError::Recovery(e.to_string());
+    // The recovery interface takes slices: map the spooled files of the batch's puts first.
+    let bytes = batch
+        .iter()
+        .map(|op| match op {
+            WriteOp::Put {
+                blob,
+                local_only: false,
+                ..
+            } => blob.bytes().map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let mut puts: Vec<RecoveryItem<'_>> = Vec::new();
-    for op in batch {
+    for (op, data) in batch.iter().zip(&bytes) {
         match op {
             WriteOp::Put {
                 local_only: true, ..
@@ -142,24 +155,25 @@ fn replicate(
                     PutTarget::Named(j, n) => BlobId::Named(*j, n.clone()),
                 },
                 key: blob.key(),
-                data: blob.bytes(),
+                data: data.as_deref().unwrap_or(&[]),
             }),
             WriteOp::Delete { target, .. } => {
                 if !puts.is_empty() {
-                    rec.put(&puts)?;
+                    rec.put(&puts).map_err(rec_err)?;
                     puts.clear();
                 }
                 match target {
-                    DeleteTarget::Content(k) => rec.delete(&BlobId::Content(*k))?,
-                    DeleteTarget::Named(j, n) => rec.delete(&BlobId::Named(*j, n.clone()))?,
-                    DeleteTarget::Job(j) => rec.delete_job(j)?,
+                    DeleteTarget::Content(k) => rec.delete(&BlobId::Content(*k)),
+                    DeleteTarget::Named(j, n) => rec.delete(&BlobId::Named(*j, n.clone())),
+                    DeleteTarget::Job(j) => rec.delete_job(j),
                 }
+                .map_err(rec_err)?;
             }
             WriteOp::DeleteLocal { .. } | WriteOp::Barrier { .. } => {}
         }
     }
     if !puts.is_empty() {
-        rec.put(&puts)?;
+        rec.put(&puts).map_err(rec_err)?;
     }
     Ok(())
 }
@@ -186,9 +200,12 @@ fn apply(
     let mut out = Vec::with_capacity(batch.len());
     for op in batch {
         out.push(match op {
-            WriteOp::Put { blob, target, .. } => {
-                Outcome::Key(t.put(blob.key(), blob.bytes(), target)?)
-            }
+            WriteOp::Put { blob, target, .. } => Outcome::Key(t.put_with(
+                blob.key(),
+                blob.len(),
+                |offset, buf| blob.read_at(offset, buf),
+                target,
+            )?),
             WriteOp::Delete { target, .. } | WriteOp::DeleteLocal { target, .. } => {
                 Outcome::Count(t.delete(target)?)
             }
@@ -206,6 +223,27 @@ impl Tables<'_> {
         data: &[u8],
         target: &PutTarget,
     ) -> Result<BlobKey, StoreError> {
+        self.put_with(
+            key,
+            data.len() as u64,
+            |offset, buf| {
+                let start = offset as usize;
+                buf.copy_from_slice(&data[start..start + buf.len()]);
+                Ok(())
+            },
+            target,
+        )
+    }
+
+    /// Stores the `len` bytes that `fill(offset, buf)` yields (whose SHA-1 is `key`) under
+    /// `target`. Each chunk is reserved in the database and filled in place: no copy between.
+    pub fn put_with(
+        &mut self,
+        key: BlobKey,
+        len: u64,
+        fill: impl Fn(u64, &mut [u8]) -> Result<(), StoreError>,
+        target: &PutTarget,
+    ) -> Result<BlobKey, StoreError> {
         let existing = self
             .content
             .get(key.0)?
@@ -213,11 +251,14 @@ impl Tables<'_> {
         let mut meta = match existing {
             Some(m) => m,
             None => {
-                for (i, piece) in data.chunks(self.chunk_size as usize).enumerate() {
-                    self.chunks.insert((key.0, i as u32), piece)?;
+                for i in 0..chunk_count(len, self.chunk_size) {
+                    let offset = i as u64 * self.chunk_size;
+                    let n = (len - offset).min(self.chunk_size) as usize;
+                    let mut slot = self.chunks.insert_reserve((key.0, i), n)?;
+                    fill(offset, slot.as_mut())?;
                 }
                 ContentMeta {
-                    len: data.len() as u64,
+                    len,
                     pinned: false,
                     named_refs: 0,
                     created_ms: now_ms(),
