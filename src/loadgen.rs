@@ -233,6 +233,9 @@ pub struct BenchArgs {
     /// In-process server: redb cache size in MiB (default: the store's default).
     #[arg(long)]
     pub cache_mib: Option<usize>,
+    /// In-process server: do not re-hash blobs on GET (shows what verification costs).
+    #[arg(long)]
+    pub no_read_verify: bool,
     /// In-process server: after the phases, stop cleanly and time opening the store again.
     #[arg(long)]
     pub reopen: bool,
@@ -365,6 +368,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Box<dyn std::error::Error>> {
             if let Some(mib) = args.cache_mib {
                 opts.cache_size = mib << 20;
             }
+            opts.verify_reads = !args.no_read_verify;
             let store = opts.open()?;
             let s = BlobServer::start(store, ServerConfig::default())?;
             let a = s.local_addr();
