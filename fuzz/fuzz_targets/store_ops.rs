@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             *op.get(3).unwrap_or(&0),
         );
         // Blob bytes: a few distinct contents, some of them shared between targets.
-        let bytes: Vec<u8> = vec![a % 4; (len as usize % 5) * 300_001 % 700_000];
+        let bytes: Vec<u8> = vec![a % 4; (len as usize % 5) * 130_001];
         let key = BlobKey::of(&bytes);
         let job = jobs[b as usize % 2];
         let name = names[a as usize % 3].to_string();
