@@ -64,7 +64,7 @@ pub fn recovery_db_path(dir: &Path) -> PathBuf {
 /// The redb recovery store: one multi-writer database file on shared storage.
 pub struct RedbRecoveryStore {
     db: crate::store::DbHandle,
-    chunk_size: u64,
+    layout: crate::store::schema::Layout,
 }
 
 impl std::fmt::Debug for RedbRecoveryStore {
@@ -110,11 +110,11 @@ impl RedbRecoveryStore {
             open_db_file(p, &b, &faults)
         })
         .map_err(|e| backend_err(&path, e))?;
-        let chunk_size = db
+        let layout = db
             .get()
             .and_then(|d| init_schema(&d, DEFAULT_CHUNK_SIZE as u64))
             .map_err(|e| backend_err(&path, e))?;
-        let store = Arc::new(RedbRecoveryStore { db, chunk_size });
+        let store = Arc::new(RedbRecoveryStore { db, layout });
         reg.retain(|_, w| w.strong_count() > 0);
         reg.insert(canon, Arc::downgrade(&store));
         tracing::info!(path = %path.display(), "recovery store open");
@@ -138,7 +138,7 @@ impl RedbRecoveryStore {
                     content: txn.open_table(CONTENT)?,
                     named: txn.open_table(NAMED)?,
                     chunks: txn.open_table(CHUNKS)?,
-                    chunk_size: self.chunk_size,
+                    layout: self.layout,
                 };
                 f(&mut t)?
             };
@@ -173,7 +173,7 @@ impl RedbRecoveryStore {
             txn.open_table(CHUNKS)?,
             key,
             meta.len,
-            self.chunk_size,
+            self.layout,
             true,
         )))
     }

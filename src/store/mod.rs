@@ -4,6 +4,7 @@
 //! transaction (group commit), so concurrent uploads share one fsync. Reads stream chunk by chunk
 //! from a read transaction. See `schema.rs` for the tables and the reference-counting rule.
 
+mod crc;
 mod faults;
 mod handle;
 mod read;
@@ -23,7 +24,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
-pub use read::BlobReader;
+pub use read::{BlobReader, Chunk};
 pub use schema::ContentMeta;
 pub use spool::{Spooled, Upload};
 pub use verify::{Damage, VerifyReport};
@@ -186,7 +187,7 @@ pub(crate) struct Shared {
     db: handle::DbHandle,
     spool_dir: PathBuf,
     opts: StoreOptions,
-    chunk_size: u64,
+    layout: Layout,
 }
 
 struct Inner {
@@ -262,7 +263,7 @@ impl BlobStore {
             b.set_cache_size(cache_size);
             open_db_file(path, &b, &faults)
         })?;
-        let chunk_size = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
+        let layout = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
         let spool_dir = opts.dir.join(SPOOL_DIR);
         spool::clean_spool_dir(&spool_dir)
             .map_err(|e| StoreError::Open(spool_dir.clone(), e.to_string()))?;
@@ -270,7 +271,7 @@ impl BlobStore {
             db,
             spool_dir,
             opts,
-            chunk_size,
+            layout,
         });
         let (tx, rx) = bounded(shared.opts.max_batch * 2);
         let w = Arc::clone(&shared);
@@ -295,7 +296,7 @@ impl BlobStore {
     }
 
     pub fn chunk_size(&self) -> u64 {
-        self.inner.shared.chunk_size
+        self.inner.shared.layout.chunk_size
     }
 
     /// The recovery store writes are replicated to, if any.
@@ -434,7 +435,7 @@ impl BlobStore {
             chunks,
             key,
             meta.len,
-            self.inner.shared.chunk_size,
+            self.inner.shared.layout,
             self.inner.shared.opts.verify_reads,
         )))
     }
@@ -510,7 +511,7 @@ impl BlobStore {
         let mut s = StoreStats {
             named_blobs: named.len()?,
             chunks: chunks.len()?,
-            chunk_size: self.inner.shared.chunk_size,
+            chunk_size: self.inner.shared.layout.chunk_size,
             file_bytes: fs::metadata(self.inner.shared.db.path())
                 .map(|m| m.len())
                 .unwrap_or(0),
@@ -527,7 +528,7 @@ impl BlobStore {
 
     /// Re-hashes every stored blob and reports the damaged ones and orphan chunks.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        verify::verify(self.db()?.as_ref(), self.inner.shared.chunk_size)
+        verify::verify(self.db()?.as_ref(), self.inner.shared.layout)
     }
 
     /// Waits until every write queued so far is committed.
@@ -548,23 +549,34 @@ impl Shared {
     }
 }
 
-/// Creates the tables and records the chunk size on first open; returns the store's chunk size.
-pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<u64, StoreError> {
+/// Creates the tables and records the layout on first open (`chunk_size`, and per-chunk
+/// CRC-32C); returns the store's layout. A store created before checksums keeps chunks without.
+pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, StoreError> {
     let txn = db.begin_write()?;
-    let size = {
+    let layout = {
         txn.open_table(CONTENT)?;
         txn.open_table(NAMED)?;
         txn.open_table(CHUNKS)?;
         let mut settings = txn.open_table(SETTINGS)?;
         let existing = settings.get(CHUNK_SIZE_SETTING)?.map(|v| v.value());
         match existing {
-            Some(s) => s,
+            Some(chunk_size) => {
+                let format = settings.get(CHUNK_FORMAT_SETTING)?.map(|v| v.value());
+                Layout {
+                    chunk_size,
+                    checksums: format == Some(CHUNK_FORMAT_CRC),
+                }
+            }
             None => {
                 settings.insert(CHUNK_SIZE_SETTING, chunk_size)?;
-                chunk_size
+                settings.insert(CHUNK_FORMAT_SETTING, CHUNK_FORMAT_CRC)?;
+                Layout {
+                    chunk_size,
+                    checksums: true,
+                }
             }
         }
     };
     txn.commit()?;
-    Ok(size)
+    Ok(layout)
 }

@@ -13,6 +13,35 @@ pub(crate) const CHUNKS: TableDefinition<([u8; 20], u32), &[u8]> = TableDefiniti
 pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
 
 pub(crate) const CHUNK_SIZE_SETTING: &str = "chunk_size";
+/// How chunks are stored: absent or 0, the bytes alone; 1, the bytes then their CRC-32C
+/// ([`super::crc::chunk_crc`], 4 bytes little-endian). New stores use 1.
+pub(crate) const CHUNK_FORMAT_SETTING: &str = "chunk_format";
+pub(crate) const CHUNK_FORMAT_CRC: u64 = 1;
+
+/// How a store cuts blobs into chunks and stores them (fixed when the store is created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Blob bytes per chunk (the last chunk holds the rest).
+    pub chunk_size: u64,
+    /// Each chunk value ends with a CRC-32C of the chunk.
+    pub checksums: bool,
+}
+
+impl Layout {
+    /// Bytes after the blob bytes in each chunk value.
+    pub(crate) fn trailer(&self) -> usize {
+        if self.checksums { 4 } else { 0 }
+    }
+
+    pub(crate) fn chunk_count(&self, len: u64) -> u32 {
+        chunk_count(len, self.chunk_size)
+    }
+
+    /// Blob bytes in chunk `i` of a blob of `len` bytes.
+    pub(crate) fn data_len(&self, len: u64, i: u32) -> u64 {
+        (len - self.chunk_size * i as u64).min(self.chunk_size)
+    }
+}
 
 /// What the store knows of one content blob.
 ///

@@ -32,7 +32,7 @@ impl VerifyReport {
     }
 }
 
-pub(crate) fn verify(db: &Database, chunk_size: u64) -> Result<VerifyReport, StoreError> {
+pub(crate) fn verify(db: &Database, layout: Layout) -> Result<VerifyReport, StoreError> {
     let txn = db.begin_read()?;
     let content = txn.open_table(CONTENT)?;
     let named = txn.open_table(NAMED)?;
@@ -41,7 +41,7 @@ pub(crate) fn verify(db: &Database, chunk_size: u64) -> Result<VerifyReport, Sto
         let (k, m) = row?;
         let key = BlobKey(k.value());
         let meta = ContentMeta::decode(&m.value());
-        let mut r = BlobReader::new(txn.open_table(CHUNKS)?, key, meta.len, chunk_size, true);
+        let mut r = BlobReader::new_full(txn.open_table(CHUNKS)?, key, meta.len, layout);
         report.blobs_checked += 1;
         loop {
             match r.next_chunk() {
@@ -61,7 +61,7 @@ pub(crate) fn verify(db: &Database, chunk_size: u64) -> Result<VerifyReport, Sto
         let (key, i) = k.value();
         let owned = content
             .get(key)?
-            .map(|m| i < chunk_count(ContentMeta::decode(&m.value()).len, chunk_size))
+            .map(|m| i < layout.chunk_count(ContentMeta::decode(&m.value()).len))
             .unwrap_or(false);
         if !owned {
             report.orphan_chunks += 1;

@@ -6,7 +6,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::schema::*;
-use super::{Shared, Spooled, StoreError};
+use super::{Shared, Spooled, StoreError, crc};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::recovery::RecoveryItem;
@@ -117,7 +117,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
     if !shared.opts.durable {
         txn.set_durability(Durability::None)?;
     }
-    let outcomes = apply(&txn, batch, shared.chunk_size)?;
+    let outcomes = apply(&txn, batch, shared.layout)?;
     if let Some(rec) = &shared.opts.recovery {
         replicate(rec.as_ref(), batch)?;
     }
@@ -183,20 +183,27 @@ pub(crate) struct Tables<'t> {
     pub content: Table<'t, [u8; 20], [u8; ContentMeta::SIZE]>,
     pub named: Table<'t, ([u8; 16], &'static str), [u8; 20]>,
     pub chunks: Table<'t, ([u8; 20], u32), &'static [u8]>,
-    pub chunk_size: u64,
+    pub layout: Layout,
+}
+
+impl<'t> Tables<'t> {
+    /// Opens the store's tables in `txn`.
+    pub fn open(txn: &'t WriteTransaction, layout: Layout) -> Result<Tables<'t>, StoreError> {
+        Ok(Tables {
+            content: txn.open_table(CONTENT)?,
+            named: txn.open_table(NAMED)?,
+            chunks: txn.open_table(CHUNKS)?,
+            layout,
+        })
+    }
 }
 
 fn apply(
     txn: &WriteTransaction,
     batch: &[WriteOp],
-    chunk_size: u64,
+    layout: Layout,
 ) -> Result<Vec<Outcome>, StoreError> {
-    let mut t = Tables {
-        content: txn.open_table(CONTENT)?,
-        named: txn.open_table(NAMED)?,
-        chunks: txn.open_table(CHUNKS)?,
-        chunk_size,
-    };
+    let mut t = Tables::open(txn, layout)?;
     let mut out = Vec::with_capacity(batch.len());
     for op in batch {
         out.push(match op {
@@ -251,11 +258,19 @@ impl Tables<'_> {
         let mut meta = match existing {
             Some(m) => m,
             None => {
-                for i in 0..chunk_count(len, self.chunk_size) {
-                    let offset = i as u64 * self.chunk_size;
-                    let n = (len - offset).min(self.chunk_size) as usize;
-                    let mut slot = self.chunks.insert_reserve((key.0, i), n)?;
-                    fill(offset, slot.as_mut())?;
+                let layout = self.layout;
+                for i in 0..layout.chunk_count(len) {
+                    let offset = i as u64 * layout.chunk_size;
+                    let n = layout.data_len(len, i) as usize;
+                    let mut slot = self
+                        .chunks
+                        .insert_reserve((key.0, i), n + layout.trailer())?;
+                    let value = slot.as_mut();
+                    let (data, trailer) = value.split_at_mut(n);
+                    fill(offset, data)?;
+                    if layout.checksums {
+                        trailer.copy_from_slice(&crc::chunk_crc(&key.0, i, data).to_le_bytes());
+                    }
                 }
                 ContentMeta {
                     len,
@@ -309,7 +324,7 @@ impl Tables<'_> {
             self.content.insert(key.0, meta.encode())?;
         } else {
             self.content.remove(key.0)?;
-            for i in 0..chunk_count(meta.len, self.chunk_size) {
+            for i in 0..self.layout.chunk_count(meta.len) {
                 self.chunks.remove((key.0, i))?;
             }
         }
