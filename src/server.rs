@@ -464,6 +464,12 @@ impl<'a> Connection<'a> {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     damaged(e, self.peer);
+                    // Chunks are checked one by one: even when the first one fails, the reply
+                    // has begun (its header is written), as when a later one does; cut it there.
+                    if !self.out.is_empty() {
+                        let _ = self.stream.write_all(&self.out);
+                        self.out.clear();
+                    }
                     return Err(Close::Quiet);
                 }
             }
