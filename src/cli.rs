@@ -122,9 +122,10 @@ struct ServeArgs {
     /// Store directory (default: the embedded location, see README).
     #[arg(long, short = 'd')]
     dir: Option<PathBuf>,
-    /// Port, 0 for any free one, or a range like 50100-50200.
-    #[arg(long, short = 'p', default_value = "0")]
-    port: PortRange,
+    /// Port, 0 for any free one, or a range like 50100-50200 (default: `-D blob.server.port`,
+    /// else 0).
+    #[arg(long, short = 'p')]
+    port: Option<PortRange>,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -198,7 +199,10 @@ fn serve(a: ServeArgs) -> CliResult {
     }
     let mut config = ServerConfig::from_config(&conf)?;
     config.bind = a.bind;
-    config.ports = a.port;
+    // `--port` wins over `-D blob.server.port`, which `from_config` has read.
+    if let Some(ports) = a.port {
+        config.ports = ports;
+    }
     config.read_timeout = Duration::from_secs(a.read_timeout.max(1));
     let dir = a.dir.unwrap_or_else(default_data_dir);
     let mut opts = StoreOptions::new(&dir).durable(!a.no_fsync);
@@ -261,28 +265,51 @@ fn put(file: PathBuf, target: Target, named: Named) -> CliResult {
 
 fn get(key: Option<BlobKey>, target: Target, named: Named, output: Option<PathBuf>) -> CliResult {
     let id = named_id(key, &named)?;
-    let mut out: Box<dyn Write> = match &output {
-        Some(p) => Box::new(std::fs::File::create(p)?),
-        None => Box::new(io::stdout().lock()),
+    let Some(path) = output else {
+        let mut out = io::stdout().lock();
+        fetch(&id, target, &mut out)?;
+        out.flush()?;
+        return Ok(());
     };
+    // Written beside the target and renamed into place once whole: a failed or cut-short GET
+    // leaves no empty or partial FILE behind (and does not clobber one that was there).
+    let file_name = path.file_name().ok_or("-o needs a file name")?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".part-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| -> CliResult {
+        let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
+        fetch(&id, target, &mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies blob `id` from a server or a store directory to `out`.
+fn fetch(id: &BlobId, target: Target, out: &mut impl Write) -> CliResult {
     match target.server {
         Some(addr) => {
             let mut c = BlobClient::connect(addr)?;
-            let mut d = match &id {
+            let mut d = match id {
                 BlobId::Content(k) => c.get(*k)?,
                 BlobId::Named(j, n) => c.get_named(*j, n)?,
             };
-            io::copy(&mut d, &mut out).map_err(|e| d.error_of(e))?;
+            io::copy(&mut d, out).map_err(|e| d.error_of(e))?;
         }
         None => {
             let store = open_store(target.dir)?;
             let mut r = store
-                .get(&id)?
+                .get(id)?
                 .ok_or_else(|| format!("no such blob: {id}"))?;
-            io::copy(&mut r, &mut out)?;
+            io::copy(&mut r, out)?;
         }
     }
-    out.flush()?;
     Ok(())
 }
 

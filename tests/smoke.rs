@@ -22,3 +22,84 @@ fn put_get_delete_round_trip() {
     assert!(err.to_string().contains("Server side error"), "{err}");
     assert!(!c.is_connected());
 }
+
+/// Runs the `blobvault` binary to completion.
+fn cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_get_to_a_file_writes_it_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let input = dir.path().join("in");
+    std::fs::write(&input, b"cli bytes").unwrap();
+    let out = cli(&[
+        "put".as_ref(),
+        input.as_ref(),
+        "--dir".as_ref(),
+        store.as_ref(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(key, BlobKey::of(b"cli bytes").to_string());
+
+    let target = dir.path().join("out");
+    let get = |key: &str| {
+        cli(&[
+            "get".as_ref(),
+            key.as_ref(),
+            "--dir".as_ref(),
+            store.as_ref(),
+            "-o".as_ref(),
+            target.as_ref(),
+        ])
+    };
+    assert!(get(&key).status.success());
+    assert_eq!(std::fs::read(&target).unwrap(), b"cli bytes");
+    // A missing blob: an error, the earlier file untouched, and no temp file left.
+    let out = get(&BlobKey::default().to_string());
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&target).unwrap(), b"cli bytes");
+    std::fs::remove_file(&target).unwrap();
+    let out = get(&BlobKey::default().to_string());
+    assert!(!out.status.success());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "store" && n != "in")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn cli_serve_takes_the_port_from_the_flink_key() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // A port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("-D")
+        .arg(format!("blob.server.port={port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(line.trim(), format!("listening on 127.0.0.1:{port}"));
+}
