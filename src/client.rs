@@ -1,8 +1,8 @@
 //! `BlobClient`: the client side of the protocol over one TCP connection, like Flink's.
 //!
 //! As in the original, any failure closes the client; later calls fail with
-//! [`ClientError::NotConnected`]. A name that breaks the length rule is refused before anything
-//! is sent and leaves the connection open.
+//! [`ClientError::NotConnected`]. A name that breaks the length rule, or a range outside the
+//! data given, is refused before anything is sent and leaves the connection open.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -44,6 +44,12 @@ pub enum ClientError {
     },
     #[error("invalid name: {0}")]
     Name(#[from] crate::key::KeyError),
+    #[error("range {offset}+{len} is outside the {size} bytes given")]
+    Range {
+        offset: usize,
+        len: usize,
+        size: usize,
+    },
     #[error("cannot read {path}: {source}")]
     File { path: String, source: io::Error },
 }
@@ -77,17 +83,7 @@ pub struct BlobClient {
 impl BlobClient {
     /// Connects (with TCP_NODELAY on: a request is written whole, so Nagle only adds delay).
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<BlobClient> {
-        let stream = TcpStream::connect(addr)?;
-        let _ = stream.set_nodelay(true);
-        let addr = stream.peer_addr()?;
-        Ok(BlobClient {
-            stream: Some(stream),
-            addr,
-            out: Vec::with_capacity(WRITE_BUF + MAX_CHUNK + 64),
-            rbuf: vec![0u8; READ_BUF].into_boxed_slice(),
-            rpos: 0,
-            rlen: 0,
-        })
+        Self::connect_stream(TcpStream::connect(addr)?)
     }
 
     /// Connects with a timeout on the connect and on every read and write.
@@ -138,7 +134,7 @@ impl BlobClient {
         offset: usize,
         len: usize,
     ) -> Result<BlobKey, ClientError> {
-        self.put(&data[offset..offset + len])
+        self.put(range(data, offset, len)?)
     }
 
     /// Stores what `reader` yields by content, streaming it.
@@ -181,7 +177,7 @@ impl BlobClient {
         offset: usize,
         len: usize,
     ) -> Result<(), ClientError> {
-        self.put_named(job, name, &data[offset..offset + len])
+        self.put_named(job, name, range(data, offset, len)?)
     }
 
     /// Stores what `reader` yields under `(job, name)`.
@@ -418,6 +414,18 @@ enum Event {
     Data(usize, usize),
     End,
     Error(String),
+}
+
+/// `data[offset..offset + len]`, or an error (sending nothing) when that is out of bounds.
+fn range(data: &[u8], offset: usize, len: usize) -> Result<&[u8], ClientError> {
+    offset
+        .checked_add(len)
+        .and_then(|end| data.get(offset..end))
+        .ok_or(ClientError::Range {
+            offset,
+            len,
+            size: data.len(),
+        })
 }
 
 /// Reads until `buf` is full or the reader ends: full chunks make fewer, larger frames.

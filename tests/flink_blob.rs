@@ -236,6 +236,35 @@ fn put_buffer_successful() {
 }
 
 #[test]
+fn put_range_out_of_bounds_is_refused_before_sending() {
+    let s = TestServer::start();
+    let mut c = s.client();
+    let data = random_data(100, 13);
+    for (offset, len) in [(0, 101), (101, 0), (10, usize::MAX)] {
+        assert!(
+            matches!(
+                c.put_range(&data, offset, len),
+                Err(ClientError::Range { .. })
+            ),
+            "{offset}+{len}"
+        );
+        assert!(matches!(
+            c.put_named_range(JobId::random(), "r", &data, offset, len),
+            Err(ClientError::Range { .. })
+        ));
+    }
+    assert!(
+        c.is_connected(),
+        "nothing was sent: the connection stays usable"
+    );
+    assert_eq!(c.put_range(&data, 100, 0).unwrap(), BlobKey::of(b""));
+    assert_eq!(
+        c.put_range(&data, 10, 44).unwrap(),
+        BlobKey::of(&data[10..54])
+    );
+}
+
+#[test]
 fn put_stream_successful() {
     let s = TestServer::start();
     let data = random_data(2_000_000, 2);
