@@ -265,6 +265,9 @@ struct State {
     lru: BTreeMap<u64, BlobKey>,
     /// Outstanding leases plus pins per key (independent of whether the file is present).
     holds: HashMap<BlobKey, usize>,
+    /// The pins among `holds` ([`BlobCache::acquire`] not yet released), so that an extra
+    /// [`BlobCache::release`] cannot end a [`CachedBlob`]'s lease.
+    pins: HashMap<BlobKey, usize>,
     inflight: HashMap<BlobKey, Arc<Flight>>,
     tick: u64,
     bytes: u64,
@@ -308,6 +311,18 @@ impl State {
 
     fn hold(&mut self, key: BlobKey) {
         *self.holds.entry(key).or_insert(0) += 1;
+    }
+
+    /// Ends one pin (and so one hold); false when the key has no pin to end.
+    fn unpin(&mut self, key: &BlobKey) -> bool {
+        match self.pins.get_mut(key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.pins.remove(key);
+            }
+            None => return false,
+        }
+        self.unhold(key)
     }
 
     /// Ends one hold; true when the key is no longer held.
@@ -466,7 +481,7 @@ impl Clone for CachedBlob {
 
 impl Drop for CachedBlob {
     fn drop(&mut self) {
-        self.cache.release(&self.key);
+        self.cache.end_hold(&self.key, false);
     }
 }
 
@@ -549,12 +564,15 @@ impl BlobCache {
     /// [`release`](Self::release) instead of a handle; returns the local path.
     pub fn acquire(&self, key: &BlobKey) -> Result<PathBuf, CacheError> {
         self.inner.get_held(key)?;
+        // The hold taken above becomes a pin (no eviction can come between: it is held).
+        *lock(&self.inner.state).pins.entry(*key).or_insert(0) += 1;
         Ok(self.path_of(key))
     }
 
-    /// Ends one hold taken by [`acquire`](Self::acquire). Extra releases are ignored.
+    /// Ends one hold taken by [`acquire`](Self::acquire). Extra releases are ignored (they
+    /// never end the lease of a live [`CachedBlob`]).
     pub fn release(&self, key: &BlobKey) {
-        self.inner.release(key);
+        self.inner.end_hold(key, true);
     }
 
     /// Drops the local copy (the server is not told). A blob that is not cached is not an error.
@@ -679,9 +697,11 @@ impl Inner {
         }
     }
 
-    fn release(&self, key: &BlobKey) {
+    /// Ends a pin (`pin`) or a lease; eviction runs again once the key is no longer held.
+    fn end_hold(&self, key: &BlobKey, pin: bool) {
         let mut st = lock(&self.state);
-        if st.unhold(key) {
+        let unheld = if pin { st.unpin(key) } else { st.unhold(key) };
+        if unheld {
             self.evict(&mut st);
         }
     }

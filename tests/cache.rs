@@ -1,6 +1,8 @@
 //! BlobCache: Flink's BlobCacheSuccessTest and BlobCacheRetriesTest, plus what the port adds
 //! (atomic downloads, single flight, failover, LRU cap, restart, directory lock).
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -11,26 +13,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use blobvault::cache::{BLOB_PREFIX, CacheError, CacheOptions, TEMP_PREFIX};
-use blobvault::config::{Configuration, ServerConfig, keys};
-use blobvault::{BlobCache, BlobClient, BlobKey, BlobServer, BlobStore};
-use tempfile::TempDir;
-
-struct Server {
-    server: BlobServer,
-    _dir: TempDir,
-}
-
-fn start_server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path()).unwrap();
-    let server = BlobServer::start(store, ServerConfig::default()).unwrap();
-    Server { server, _dir: dir }
-}
-
-fn put_all(addr: SocketAddr, blobs: &[&[u8]]) -> Vec<BlobKey> {
-    let mut c = BlobClient::connect(addr).unwrap();
-    blobs.iter().map(|b| c.put(b).unwrap()).collect()
-}
+use blobvault::config::{Configuration, keys};
+use blobvault::{BlobCache, BlobKey};
+use common::{TestServer, put_all};
 
 /// A cache in its own temp dir with fast backoff (the retry counts stay the defaults).
 fn cache_opts(servers: &[SocketAddr], dir: &Path) -> CacheOptions {
@@ -110,7 +95,7 @@ fn get_reply(announced: usize, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn blob_cache_serves_after_server_shutdown() {
-    let mut s = start_server();
+    let mut s = TestServer::start();
     let mut buf = vec![0u8; 128];
     let a = buf.clone();
     buf[0] = 1;
@@ -145,7 +130,7 @@ fn blob_cache_serves_after_server_shutdown() {
 
 #[test]
 fn blob_fetch_retries_succeed_after_two_dropped_connections() {
-    let s = start_server();
+    let s = TestServer::start();
     let data: Vec<u8> = (1..=9).chain([0]).collect();
     let key = put_all(s.server.local_addr(), &[&data])[0];
     s.server.drop_next_connections(2);
@@ -169,7 +154,7 @@ fn blob_fetch_retries_succeed_after_two_dropped_connections() {
 
 #[test]
 fn blob_fetch_with_too_many_failures_fails_and_leaves_nothing() {
-    let s = start_server();
+    let s = TestServer::start();
     let data: Vec<u8> = (1..=9).chain([0]).collect();
     let key = put_all(s.server.local_addr(), &[&data])[0];
     s.server.drop_next_connections(10);
@@ -278,7 +263,7 @@ fn corrupt_bytes_are_refused_and_retried() {
 
 #[test]
 fn a_missing_blob_is_an_error_and_leaves_nothing() {
-    let s = start_server();
+    let s = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_opts(&[s.server.local_addr()], dir.path())
         .retries(1)
@@ -296,7 +281,7 @@ fn a_missing_blob_is_an_error_and_leaves_nothing() {
 
 #[test]
 fn sixteen_concurrent_requests_share_one_download() {
-    let s = start_server();
+    let s = TestServer::start();
     let data: Vec<u8> = (0..4_000_000u32).map(|i| (i ^ (i >> 9)) as u8).collect();
     let key = put_all(s.server.local_addr(), &[&data])[0];
     let dir = tempfile::tempdir().unwrap();
@@ -424,7 +409,7 @@ fn a_failed_shared_download_fails_every_waiting_request_and_leaves_nothing() {
 
 #[test]
 fn a_dead_first_server_fails_over_to_the_second() {
-    let s = start_server();
+    let s = TestServer::start();
     let key = put_all(s.server.local_addr(), &[b"failover"])[0];
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_opts(&[dead_addr(), s.server.local_addr()], dir.path())
@@ -446,7 +431,7 @@ fn a_dead_first_server_fails_over_to_the_second() {
 
 #[test]
 fn lru_cap_evicts_the_least_recently_used_unheld_blob() {
-    let s = start_server();
+    let s = TestServer::start();
     let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
     let refs: Vec<&[u8]> = blobs.iter().map(|b| &b[..]).collect();
     let k = put_all(s.server.local_addr(), &refs);
@@ -484,7 +469,7 @@ fn lru_cap_evicts_the_least_recently_used_unheld_blob() {
 
 #[test]
 fn pinned_blobs_are_not_evicted_and_the_cap_is_met_when_released() {
-    let s = start_server();
+    let s = TestServer::start();
     let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000]).collect();
     let refs: Vec<&[u8]> = blobs.iter().map(|b| &b[..]).collect();
     let k = put_all(s.server.local_addr(), &refs);
@@ -517,7 +502,7 @@ fn pinned_blobs_are_not_evicted_and_the_cap_is_met_when_released() {
 
 #[test]
 fn delete_drops_the_local_copy_and_the_next_get_downloads_again() {
-    let s = start_server();
+    let s = TestServer::start();
     let key = put_all(s.server.local_addr(), &[b"delete me"])[0];
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_opts(&[s.server.local_addr()], dir.path())
@@ -533,7 +518,7 @@ fn delete_drops_the_local_copy_and_the_next_get_downloads_again() {
 
 #[test]
 fn restart_reuses_verified_blobs_and_removes_damaged_and_temp_files() {
-    let mut s = start_server();
+    let mut s = TestServer::start();
     let keys = put_all(s.server.local_addr(), &[b"one", b"two"]);
     let dir = tempfile::tempdir().unwrap();
     let addr = s.server.local_addr();
@@ -613,7 +598,7 @@ fn no_servers_is_refused() {
 
 #[test]
 fn an_empty_blob_is_cached_and_mapped() {
-    let s = start_server();
+    let s = TestServer::start();
     let key = put_all(s.server.local_addr(), &[b""])[0];
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_opts(&[s.server.local_addr()], dir.path())
@@ -626,7 +611,7 @@ fn an_empty_blob_is_cached_and_mapped() {
 
 #[test]
 fn a_cache_dir_that_is_a_file_is_a_local_error_without_retries() {
-    let s = start_server();
+    let s = TestServer::start();
     let key = put_all(s.server.local_addr(), &[b"x"])[0];
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_opts(&[s.server.local_addr()], dir.path())
@@ -640,4 +625,33 @@ fn a_cache_dir_that_is_a_file_is_a_local_error_without_retries() {
     assert_eq!(cache.stats().attempts, 1, "storing locally is not retried");
     fs::remove_file(dir.path()).unwrap();
     fs::create_dir(dir.path()).unwrap();
+}
+
+#[test]
+fn an_extra_release_does_not_end_a_live_lease() {
+    let s = TestServer::start();
+    let k = put_all(s.addr(), &[&[0u8; 1000], &[1u8; 1000]]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_opts(&[s.addr()], dir.path())
+        .capacity(Some(1000))
+        .open()
+        .unwrap();
+    let lease = cache.get(&k[0]).unwrap();
+    cache.release(&k[0]); // nothing was acquired: ignored, the lease still holds k0
+    drop(cache.get(&k[1]).unwrap()); // over the cap: only the unheld k1 may go
+    assert!(cache.contains(&k[0]), "a leased blob was evicted");
+    assert_eq!(lease.read().unwrap(), [0u8; 1000]);
+    assert!(!cache.contains(&k[1]));
+    // A pin and a lease on one key: releasing the pin leaves the lease's hold.
+    cache.acquire(&k[0]).unwrap();
+    cache.release(&k[0]);
+    drop(cache.get(&k[1]).unwrap());
+    assert!(cache.contains(&k[0]) && !cache.contains(&k[1]));
+    drop(lease);
+    drop(cache.get(&k[1]).unwrap());
+    assert_eq!(
+        cache.keys(),
+        vec![k[1]],
+        "released: k0 goes once over the cap"
+    );
 }

@@ -1,6 +1,8 @@
 //! LibraryCacheManager: Flink's BlobLibraryCacheManagerTest (both cases), the periodic clean-up
 //! the original lacked, reference counting across jobs and tasks, and shutdown.
 
+mod common;
+
 use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,31 +13,14 @@ use blobvault::cache::CacheOptions;
 use blobvault::config::{Configuration, ServerConfig, keys};
 use blobvault::library::{BlobServiceError, DEFAULT_CLEANUP_INTERVAL};
 use blobvault::{
-    BlobCache, BlobClient, BlobId, BlobKey, BlobServer, BlobService, BlobStore, CacheError,
+    BlobCache, BlobClient, BlobId, BlobKey, BlobServer, BlobService, CacheError,
     ExecutionAttemptId, JobId, LibraryCacheManager, LibraryError, StoreBlobService,
 };
-use tempfile::TempDir;
+use common::{Rng, TestServer, put_all};
 
 /// Long enough that no periodic clean-up runs during a test.
 const NEVER: Duration = Duration::from_secs(1_000_000);
 const WAIT: Duration = Duration::from_secs(30);
-
-struct Server {
-    server: BlobServer,
-    _dir: TempDir,
-}
-
-fn start_server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path()).unwrap();
-    let server = BlobServer::start(store, ServerConfig::default()).unwrap();
-    Server { server, _dir: dir }
-}
-
-fn put_all(addr: SocketAddr, blobs: &[&[u8]]) -> Vec<BlobKey> {
-    let mut c = BlobClient::connect(addr).unwrap();
-    blobs.iter().map(|b| c.put(b).unwrap()).collect()
-}
 
 fn open_cache(addr: SocketAddr, dir: &Path) -> BlobCache {
     CacheOptions::new([addr])
@@ -54,7 +39,7 @@ fn cache_manager(cache: &BlobCache, interval: Duration) -> LibraryCacheManager {
 
 #[test]
 fn library_cache_manager_cleanup() {
-    let s = start_server();
+    let s = TestServer::start();
     let mut buf = vec![0u8; 128];
     let a = buf.clone();
     buf[0] += 1;
@@ -99,7 +84,7 @@ fn library_cache_manager_cleanup() {
 
 #[test]
 fn register_and_download() {
-    let s = start_server();
+    let s = TestServer::start();
     let keys = put_all(
         s.server.local_addr(),
         &[&[1, 2, 3, 4, 5, 6, 7, 8], &[11, 12, 13, 14, 15, 16, 17, 18]],
@@ -166,7 +151,7 @@ fn register_and_download() {
 
 #[test]
 fn cleanup_is_periodic() {
-    let s = start_server();
+    let s = TestServer::start();
     let keys = put_all(s.server.local_addr(), &[b"lib one", b"lib two"]);
     let dir = tempfile::tempdir().unwrap();
     let cache = open_cache(s.server.local_addr(), dir.path());
@@ -199,7 +184,7 @@ fn cleanup_is_periodic() {
 
 #[test]
 fn run_cleanup_now_counts_a_cycle_and_keeps_referenced_libraries() {
-    let s = start_server();
+    let s = TestServer::start();
     let keys = put_all(s.server.local_addr(), &[b"a", b"b"]);
     let dir = tempfile::tempdir().unwrap();
     let cache = open_cache(s.server.local_addr(), dir.path());
@@ -225,7 +210,7 @@ fn run_cleanup_now_counts_a_cycle_and_keeps_referenced_libraries() {
 
 #[test]
 fn a_failed_registration_undoes_its_counts() {
-    let s = start_server();
+    let s = TestServer::start();
     let k1 = put_all(s.server.local_addr(), &[b"present"])[0];
     let missing = BlobKey::default();
     let later = put_all(s.server.local_addr(), &[b"after the failure"])[0];
@@ -259,7 +244,7 @@ fn a_failed_registration_undoes_its_counts() {
 
 #[test]
 fn re_registration_needs_a_subset_and_only_adds_a_holder() {
-    let s = start_server();
+    let s = TestServer::start();
     let keys = put_all(s.server.local_addr(), &[b"x", b"y", b"z"]);
     let dir = tempfile::tempdir().unwrap();
     let cache = open_cache(s.server.local_addr(), dir.path());
@@ -300,7 +285,7 @@ fn re_registration_needs_a_subset_and_only_adds_a_holder() {
 
 #[test]
 fn library_paths_follow_registration_order_and_duplicates_count_once() {
-    let s = start_server();
+    let s = TestServer::start();
     let keys = put_all(s.server.local_addr(), &[b"first", b"second"]);
     let dir = tempfile::tempdir().unwrap();
     let cache = open_cache(s.server.local_addr(), dir.path());
@@ -317,7 +302,7 @@ fn library_paths_follow_registration_order_and_duplicates_count_once() {
 
 #[test]
 fn registered_libraries_survive_the_cache_size_cap() {
-    let s = start_server();
+    let s = TestServer::start();
     let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 1000]).collect();
     let refs: Vec<&[u8]> = blobs.iter().map(|b| &b[..]).collect();
     let keys = put_all(s.server.local_addr(), &refs);
@@ -343,7 +328,7 @@ fn registered_libraries_survive_the_cache_size_cap() {
 
 #[test]
 fn the_master_side_materialises_libraries_from_the_store() {
-    let s = start_server();
+    let s = TestServer::start();
     let keys = put_all(s.server.local_addr(), &[b"jar bytes"]);
     let libs = tempfile::tempdir().unwrap();
     fs::write(libs.path().join("blob_stale"), b"old run").unwrap();
@@ -374,7 +359,7 @@ fn the_master_side_materialises_libraries_from_the_store() {
 #[test]
 fn interval_comes_from_the_flink_key() {
     let dir = tempfile::tempdir().unwrap();
-    let s = start_server();
+    let s = TestServer::start();
     let cache = open_cache(s.server.local_addr(), dir.path());
     let svc: Arc<dyn BlobService> = Arc::new(cache);
     let mut conf = Configuration::new();
@@ -395,7 +380,7 @@ fn interval_comes_from_the_flink_key() {
 
 #[test]
 fn shutdown_wakes_and_joins_the_cleanup_thread() {
-    let s = start_server();
+    let s = TestServer::start();
     let k = put_all(s.server.local_addr(), &[b"lib"])[0];
     let dir = tempfile::tempdir().unwrap();
     let cache = open_cache(s.server.local_addr(), dir.path());
@@ -422,18 +407,6 @@ fn shutdown_wakes_and_joins_the_cleanup_thread() {
 
 // ---- Flink's BlobLibraryCacheRecoveryITCase ----
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn recovery_register_and_download() {
     use blobvault::StoreOptions;
@@ -459,7 +432,7 @@ fn recovery_register_and_download() {
         })
         .collect();
 
-    let expected = pseudo_random(1024, 11);
+    let expected = Rng::new(11).bytes(1024);
     let mut c = BlobClient::connect(servers[0].local_addr()).unwrap();
     let keys = vec![
         c.put(&expected).unwrap(),

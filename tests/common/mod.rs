@@ -96,6 +96,12 @@ impl TestServer {
     }
 }
 
+/// Stores each blob by content over one connection; returns their keys.
+pub fn put_all(addr: SocketAddr, blobs: &[&[u8]]) -> Vec<BlobKey> {
+    let mut c = BlobClient::connect_timeout(&addr, IO_TIMEOUT).expect("connect client");
+    blobs.iter().map(|b| c.put(b).expect("put")).collect()
+}
+
 /// The reply to one raw connection.
 #[derive(Debug)]
 pub struct Exchange {
