@@ -133,15 +133,7 @@ impl RedbRecoveryStore {
         let run = || -> Result<T, StoreError> {
             let db = self.db.get()?;
             let txn = db.begin_write()?;
-            let out = {
-                let mut t = Tables {
-                    content: txn.open_table(CONTENT)?,
-                    named: txn.open_table(NAMED)?,
-                    chunks: txn.open_table(CHUNKS)?,
-                    layout: self.layout,
-                };
-                f(&mut t)?
-            };
+            let out = f(&mut Tables::open(&txn, self.layout)?)?;
             txn.commit()?;
             Ok(out)
         };
