@@ -12,9 +12,26 @@ use common::*;
 
 const THREADS: usize = 32;
 
-/// Sizes around the protocol's and the store's chunk boundaries, up to a little over 1 MiB.
-const SIZES: [usize; 12] = [
-    0, 1, 1000, 65_535, 65_536, 65_537, 200_000, 262_016, 262_017, 500_000, 1_048_576, 1_048_577,
+/// The store's chunk size (a new store's default).
+const CHUNK: usize = blobvault::store::DEFAULT_CHUNK_SIZE;
+
+/// Sizes around the protocol's (65,536) and the store's (`CHUNK`, one and four chunks) chunk
+/// boundaries, up to a little over 1 MiB.
+const SIZES: [usize; 14] = [
+    0,
+    1,
+    1000,
+    CHUNK,
+    CHUNK + 1,
+    65_535,
+    65_536,
+    65_537,
+    200_000,
+    4 * CHUNK,
+    4 * CHUNK + 1,
+    500_000,
+    1_048_576,
+    1_048_577,
 ];
 
 /// Content every fourth thread uploads at the same moment (one key, many racing PUTs).
