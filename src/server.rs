@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, SendTimeoutError, bounded};
 
 use crate::config::ServerConfig;
 use crate::key::BlobId;
@@ -28,6 +28,9 @@ pub enum ServerError {
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
 }
+
+/// Pause after a failed accept, and how often a full queue re-checks for shutdown.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Input buffer per connection; also the most a GET reply is coalesced into one write.
 const IO_BUF: usize = 128 * 1024;
@@ -91,7 +94,10 @@ impl BlobServer {
                     let stream = match conn {
                         Ok(s) => s,
                         Err(e) => {
+                            // Out of descriptors (or similar): wait for connections to end
+                            // rather than spin on a failing accept.
                             tracing::warn!(error = %e, "accept failed");
+                            std::thread::sleep(ACCEPT_BACKOFF);
                             continue;
                         }
                     };
@@ -107,9 +113,19 @@ impl BlobServer {
                     if let (Ok(clone), Ok(mut conns)) = (stream.try_clone(), actx.conns.lock()) {
                         conns.insert(id, clone);
                     }
-                    // Blocks while the backlog is full: the kernel queue then holds the rest.
-                    if tx.send((id, stream)).is_err() {
-                        break;
+                    // Waits while the backlog is full (the kernel queue then holds the rest),
+                    // but notices a shutdown.
+                    let mut item = (id, stream);
+                    loop {
+                        match tx.send_timeout(item, ACCEPT_BACKOFF) {
+                            Ok(()) => break,
+                            Err(SendTimeoutError::Timeout(back))
+                                if !actx.shutdown.load(Ordering::SeqCst) =>
+                            {
+                                item = back
+                            }
+                            Err(_) => return,
+                        }
                     }
                 }
             })?;
@@ -164,6 +180,9 @@ impl BlobServer {
             wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let _ = TcpStream::connect(wake);
+        // Close connections first: workers blocked on them free up, and so does an acceptor
+        // waiting for a queue slot.
+        self.close_connections();
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
@@ -291,7 +310,8 @@ impl<'a> Connection<'a> {
             .set_read_timeout(Some(std::time::Duration::from_millis(200)));
         let mut sink = [0u8; 8192];
         let mut total = 0usize;
-        while total < 16 * 1024 * 1024 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while total < 16 * 1024 * 1024 && std::time::Instant::now() < deadline {
             match self.stream.read(&mut sink) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
@@ -444,6 +464,11 @@ impl<'a> Connection<'a> {
             tracing::error!(peer, error = %e, "GET of a damaged or unreadable blob");
             e
         };
+        if r.len() > protocol::MAX_BLOB_LEN {
+            return Err(Close::Error(
+                "BLOB size exceeds the maximum size (2 GB).".into(),
+            ));
+        }
         if r.is_single_chunk() {
             let chunk = r
                 .next_chunk()

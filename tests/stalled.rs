@@ -52,3 +52,33 @@ fn stalled_peers_are_closed_and_do_not_starve_others() {
         }
     }
 }
+
+#[test]
+fn shutdown_returns_while_every_worker_and_the_queue_are_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        num_concurrent: 1,
+        backlog: 1,
+        read_timeout: Duration::from_secs(3600),
+        ..ServerConfig::default()
+    };
+    let mut srv = BlobServer::start(BlobStore::open(dir.path()).unwrap(), config).unwrap();
+    // Silent connections: one holds the worker, one the queue, the acceptor waits with the next.
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(srv.local_addr()).unwrap())
+        .collect();
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let h = std::thread::spawn(move || {
+        srv.shutdown();
+        let _ = done_tx.send(());
+    });
+    // A deadline, not a speed claim: without the fix this waited for the one-hour read timeout.
+    done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("shutdown blocked behind held connections");
+    h.join().unwrap();
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+    }
+}
