@@ -46,6 +46,8 @@ pub trait RecoveryStore: Send + Sync + std::fmt::Debug {
     fn put(&self, items: &[RecoveryItem<'_>]) -> Result<(), RecoveryError>;
     /// A reader of the blob, or `None` if it is not there.
     fn get(&self, id: &BlobId) -> Result<Option<Box<dyn Read + Send>>, RecoveryError>;
+    /// The content key stored under `id`, or `None` if it is not there.
+    fn key_of(&self, id: &BlobId) -> Result<Option<BlobKey>, RecoveryError>;
     /// Removes one blob; a missing one is not an error.
     fn delete(&self, id: &BlobId) -> Result<(), RecoveryError>;
     /// Removes every named blob of `job`.
@@ -204,6 +206,12 @@ impl RecoveryStore for RedbRecoveryStore {
             Ok(r) => Ok(r.map(|r| Box::new(r) as Box<dyn Read + Send>)),
             Err(e) => Err(self.err(e)),
         }
+    }
+
+    fn key_of(&self, id: &BlobId) -> Result<Option<BlobKey>, RecoveryError> {
+        self.reader(id)
+            .map(|r| r.map(|r| r.key()))
+            .map_err(|e| self.err(e))
     }
 
     fn delete(&self, id: &BlobId) -> Result<(), RecoveryError> {

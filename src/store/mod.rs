@@ -69,6 +69,18 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// The same error for another waiter of a failed group commit (I/O errors are not `Clone`).
+    pub(crate) fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Storage(s) => StoreError::Storage(s.clone()),
+            StoreError::Recovery(s) => StoreError::Recovery(s.clone()),
+            StoreError::Closed => StoreError::Closed,
+            other => StoreError::Storage(other.to_string()),
+        }
+    }
+}
+
 macro_rules! storage_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {

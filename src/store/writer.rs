@@ -9,7 +9,7 @@ use super::schema::*;
 use super::{Shared, Spooled, StoreError, crc};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
-use crate::recovery::RecoveryItem;
+use crate::recovery::{RecoveryItem, RecoveryStore};
 
 pub(crate) enum WriteOp {
     Put {
@@ -55,8 +55,16 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
         }
         match commit(&shared, &batch) {
             Ok(outcomes) => reply_all(batch, outcomes.into_iter().map(Ok).collect()),
-            Err(e) if batch.len() > 1 => {
-                // One bad operation must not fail its neighbours: retry each on its own.
+            // A storage or recovery failure fails the whole commit it hit (retrying each op
+            // would reopen the database once per op); an error of one op (its spool) must not
+            // fail its neighbours: retry each on its own.
+            Err(e)
+                if batch.len() > 1
+                    && !matches!(
+                        e,
+                        StoreError::Storage(_) | StoreError::Recovery(_) | StoreError::Closed
+                    ) =>
+            {
                 tracing::warn!(error = %e, ops = batch.len(), "group commit failed; retrying one by one");
                 let results = batch
                     .iter()
@@ -64,7 +72,10 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
                     .collect();
                 reply_all(batch, results);
             }
-            Err(e) => reply_all(batch, vec![Err(e)]),
+            Err(e) => {
+                let results = batch.iter().map(|_| Err(e.duplicate())).collect();
+                reply_all(batch, results)
+            }
         }
     }
 }
@@ -117,7 +128,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
     if !shared.opts.durable {
         txn.set_durability(Durability::None)?;
     }
-    let outcomes = apply(&txn, batch, shared.layout)?;
+    let outcomes = apply(&txn, batch, shared.layout, shared.opts.recovery.as_deref())?;
     if let Some(rec) = &shared.opts.recovery {
         replicate(rec.as_ref(), batch)?;
     }
@@ -202,11 +213,18 @@ fn apply(
     txn: &WriteTransaction,
     batch: &[WriteOp],
     layout: Layout,
+    recovery: Option<&dyn RecoveryStore>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut t = Tables::open(txn, layout)?;
     let mut out = Vec::with_capacity(batch.len());
     for op in batch {
         out.push(match op {
+            WriteOp::Put {
+                blob,
+                target,
+                local_only: true,
+                ..
+            } if !t.repair_applies(blob.key(), target, recovery)? => Outcome::Key(blob.key()),
             WriteOp::Put { blob, target, .. } => Outcome::Key(t.put_with(
                 blob.key(),
                 blob.len(),
@@ -223,6 +241,39 @@ fn apply(
 }
 
 impl Tables<'_> {
+    /// Whether a read-repair of `target` with content `key` may still be applied: the target is
+    /// absent locally, and the recovery store still holds that content under it. A PUT or DELETE
+    /// committed since the repair read the recovery store wins over the repair.
+    fn repair_applies(
+        &self,
+        key: BlobKey,
+        target: &PutTarget,
+        recovery: Option<&dyn RecoveryStore>,
+    ) -> Result<bool, StoreError> {
+        let (present, id) = match target {
+            PutTarget::Content => (
+                self.content
+                    .get(key.0)?
+                    .is_some_and(|m| ContentMeta::decode(&m.value()).pinned),
+                BlobId::Content(key),
+            ),
+            PutTarget::Named(j, n) => (
+                self.named.get((j.0, n.as_str()))?.is_some(),
+                BlobId::Named(*j, n.clone()),
+            ),
+        };
+        if present {
+            return Ok(false);
+        }
+        match recovery {
+            None => Ok(true),
+            Some(rec) => Ok(rec
+                .key_of(&id)
+                .map_err(|e| StoreError::Recovery(e.to_string()))?
+                == Some(key)),
+        }
+    }
+
     /// Stores `data` (whose SHA-1 is `key`) under `target`.
     pub fn put(
         &mut self,
@@ -288,7 +339,8 @@ impl Tables<'_> {
                     .insert((job.0, name.as_str()), key.0)?
                     .map(|g| g.value());
                 match old {
-                    Some(old) if old == key.0 => {}
+                    // Same content again: no new reference (unless the content row was missing).
+                    Some(old) if old == key.0 && existing.is_some() => {}
                     Some(old) => {
                         meta.named_refs += 1;
                         self.content.insert(key.0, meta.encode())?;
