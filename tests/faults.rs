@@ -136,3 +136,14 @@ fn verify_and_get_detect_a_corrupted_chunk() {
     let mut c = BlobClient::connect(server.local_addr()).unwrap();
     assert!(c.get_bytes(&BlobId::Content(kl)).is_err());
 }
+
+#[test]
+fn a_store_refuses_a_zero_chunk_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = StoreOptions::new(dir.path());
+    opts.chunk_size = 0;
+    let err = opts.open().unwrap_err();
+    assert!(err.to_string().contains("chunk size"), "{err}");
+    // Nothing was recorded: a valid size works afterwards.
+    assert!(StoreOptions::new(dir.path()).open().is_ok());
+}

@@ -613,6 +613,16 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
             }
         }
     };
+    // A value holds at most one chunk: redb's limit is far above this, and 0 would mean no chunks.
+    if layout.chunk_size == 0 || layout.chunk_size > MAX_CHUNK_SIZE {
+        return Err(StoreError::Storage(format!(
+            "invalid chunk size {} (1..={MAX_CHUNK_SIZE})",
+            layout.chunk_size
+        )));
+    }
     txn.commit()?;
     Ok(layout)
 }
+
+/// Largest chunk size a store may use.
+pub const MAX_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
