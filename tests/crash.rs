@@ -1,46 +1,18 @@
 //! Crash safety: SIGKILL the server at random moments; every acknowledged blob survives whole.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use blobvault::{BlobClient, BlobId, BlobStore, JobId};
 use crossbeam_channel::unbounded;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
+mod common;
+use common::ServeProcess as Server;
 
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blobvault"))
-            .arg("serve")
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .trim_start_matches("listening on ")
-            .parse()
-            .unwrap();
-        Server { child, addr }
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
+fn start(dir: &Path) -> Server {
+    Server::spawn(&[std::ffi::OsStr::new("--dir"), dir.as_os_str()])
 }
 
 /// xorshift: deterministic "random" numbers for sizes and kill points.
@@ -80,7 +52,7 @@ fn sigkill_under_load_loses_no_acknowledged_blob() {
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let mut rng = Rng(0x5eed);
     for round in 0..4u64 {
-        let server = Server::start(dir.path());
+        let server = start(dir.path());
         let kill_after = 20 + (rng.next() % 80) as usize;
         let (ack_tx, ack_rx) = unbounded::<()>();
         let handles: Vec<_> = (0..8u64)
@@ -129,7 +101,7 @@ fn sigkill_under_load_loses_no_acknowledged_blob() {
             h.join().unwrap();
         }
 
-        let server = Server::start(dir.path());
+        let server = start(dir.path());
         eprintln!(
             "round {round}: {} acknowledged so far",
             acked.lock().unwrap().len()
@@ -179,7 +151,7 @@ fn sigkill_during_a_large_put_leaves_nothing_half_written() {
     let dir = tempfile::tempdir().unwrap();
     // Kill mid-upload, and again once the whole body is sent (while it is spooled or committed).
     for signal_at in [BIG / 2, BIG] {
-        let server = Server::start(dir.path());
+        let server = start(dir.path());
         let (tx, rx) = unbounded();
         let addr = server.addr;
         let h = std::thread::spawn(move || {

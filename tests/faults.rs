@@ -4,8 +4,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use blobvault::config::ServerConfig;
-use blobvault::store::{FaultSwitch, StoreOptions};
+use blobvault::store::StoreOptions;
 use blobvault::{BlobClient, BlobId, BlobKey, BlobServer, BlobStore};
+
+mod common;
+use common::TestServer;
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
@@ -15,13 +18,8 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn full_disk_fails_puts_keeps_reads_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultSwitch::new();
-    let store = StoreOptions::new(dir.path())
-        .faults(faults.clone())
-        .open()
-        .unwrap();
-    let server = BlobServer::start(store, ServerConfig::default()).unwrap();
+    let ts = TestServer::start_durable();
+    let (server, faults) = (&ts.server, &ts.faults);
     let mut acked = Vec::new();
     let mut c = BlobClient::connect(server.local_addr()).unwrap();
     for i in 0..20u8 {
@@ -61,14 +59,9 @@ fn full_disk_fails_puts_keeps_reads_and_recovers() {
 
 #[test]
 fn failing_writes_fail_the_put_with_an_error_reply() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultSwitch::new();
-    let store = StoreOptions::new(dir.path())
-        .faults(faults.clone())
-        .open()
-        .unwrap();
-    let kept = store.put(b"kept").unwrap();
-    let server = BlobServer::start(store, ServerConfig::default()).unwrap();
+    let ts = TestServer::start_durable();
+    let (server, faults) = (&ts.server, &ts.faults);
+    let kept = server.store().put(b"kept").unwrap();
     faults.fail_writes();
     let mut c = BlobClient::connect(server.local_addr()).unwrap();
     let err = c.put(b"lost").unwrap_err();

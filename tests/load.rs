@@ -4,15 +4,17 @@
 use std::time::Duration;
 
 use blobvault::config::ServerConfig;
-use blobvault::{BlobClient, BlobId, BlobServer, BlobStore, JobId};
+use blobvault::{BlobClient, BlobId, JobId};
 
-fn server(dir: &std::path::Path, workers: usize, read_timeout: Duration) -> BlobServer {
-    let config = ServerConfig {
+mod common;
+use common::TestServer;
+
+fn server(workers: usize, read_timeout: Duration) -> TestServer {
+    TestServer::start_config(ServerConfig {
         num_concurrent: workers,
         read_timeout,
         ..ServerConfig::default()
-    };
-    BlobServer::start(BlobStore::open(dir).unwrap(), config).unwrap()
+    })
 }
 
 /// Threads of this process whose name starts with `prefix` (Linux truncates names to 15 bytes).
@@ -26,9 +28,8 @@ fn threads_named(prefix: &str) -> usize {
 
 #[test]
 fn many_connections_of_mixed_operations() {
-    let dir = tempfile::tempdir().unwrap();
-    let srv = server(dir.path(), 16, Duration::from_secs(30));
-    let addr = srv.local_addr();
+    let srv = server(16, Duration::from_secs(30));
+    let addr = srv.addr();
     let job = JobId::random();
     let max_workers = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {

@@ -1,9 +1,7 @@
 //! Recovery: every write replicated to a shared recovery store; failover serves everything.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use blobvault::config::{Configuration, ServerConfig};
@@ -189,51 +187,26 @@ fn flink_recovery_keys() {
     assert!(recovery_dir_from_config(&conf).is_err());
 }
 
-/// A `blobvault serve` child process; killed with SIGKILL when dropped.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
+mod common;
+use common::ServeProcess;
 
-impl Proc {
-    fn spawn(local: &Path, rec: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blobvault"))
-            .arg("serve")
-            .arg("--dir")
-            .arg(local)
-            .arg("--recovery-dir")
-            .arg(rec)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Proc { child, addr }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A server process with a local store and a recovery directory.
+fn spawn(local: &Path, rec: &Path) -> ServeProcess {
+    let args = [
+        "--dir".as_ref(),
+        local.as_os_str(),
+        "--recovery-dir".as_ref(),
+        rec.as_os_str(),
+    ];
+    ServeProcess::spawn(&args)
 }
 
 #[test]
 fn two_processes_share_a_recovery_dir_and_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let rec = tmp.path().join("recovery");
-    let a = Proc::spawn(&tmp.path().join("a"), &rec);
-    let b = Proc::spawn(&tmp.path().join("b"), &rec);
+    let a = spawn(&tmp.path().join("a"), &rec);
+    let b = spawn(&tmp.path().join("b"), &rec);
 
     // Puts through both processes at once.
     let job = JobId::random();
@@ -275,7 +248,7 @@ fn two_processes_share_a_recovery_dir_and_survive_kill_9() {
 
     // kill -9 one; a third on a fresh local directory serves every acknowledged blob.
     drop(a);
-    let c3 = Proc::spawn(&tmp.path().join("c"), &rec);
+    let c3 = spawn(&tmp.path().join("c"), &rec);
     let mut c = BlobClient::connect(c3.addr).unwrap();
     for (id, data) in &acked {
         assert_eq!(&c.get_bytes(id).unwrap(), data, "{id} after failover");

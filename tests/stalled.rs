@@ -6,32 +6,33 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use blobvault::config::ServerConfig;
-use blobvault::{BlobClient, BlobId, BlobServer, BlobStore};
+use blobvault::{BlobClient, BlobId};
 
-fn server(dir: &std::path::Path, workers: usize, read_timeout: Duration) -> BlobServer {
-    let config = ServerConfig {
+mod common;
+use common::TestServer;
+
+fn server(workers: usize, read_timeout: Duration) -> TestServer {
+    TestServer::start_config(ServerConfig {
         num_concurrent: workers,
         read_timeout,
         ..ServerConfig::default()
-    };
-    BlobServer::start(BlobStore::open(dir).unwrap(), config).unwrap()
+    })
 }
 
 #[test]
 fn stalled_peers_are_closed_and_do_not_starve_others() {
-    let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_secs(1);
-    let srv = server(dir.path(), 2, timeout);
+    let srv = server(2, timeout);
     // Hold every worker with half a request.
     let mut stalled: Vec<TcpStream> = (0..2)
         .map(|_| {
-            let mut s = TcpStream::connect(srv.local_addr()).unwrap();
+            let mut s = TcpStream::connect(srv.addr()).unwrap();
             s.write_all(&[0x00, 0x01, 1, 2, 3]).unwrap();
             s
         })
         .collect();
     let start = Instant::now();
-    let mut c = BlobClient::connect(srv.local_addr()).unwrap();
+    let mut c = BlobClient::connect(srv.addr()).unwrap();
     let k = c.put(b"served despite stalled peers").unwrap();
     assert_eq!(
         c.get_bytes(&BlobId::Content(k)).unwrap(),
@@ -55,21 +56,19 @@ fn stalled_peers_are_closed_and_do_not_starve_others() {
 
 #[test]
 fn shutdown_returns_while_every_worker_and_the_queue_are_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
+    let mut srv = TestServer::start_config(ServerConfig {
         num_concurrent: 1,
         backlog: 1,
         read_timeout: Duration::from_secs(3600),
         ..ServerConfig::default()
-    };
-    let mut srv = BlobServer::start(BlobStore::open(dir.path()).unwrap(), config).unwrap();
+    });
     // Silent connections: one holds the worker, one the queue, the acceptor waits with the next.
     let mut idle: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(srv.local_addr()).unwrap())
+        .map(|_| TcpStream::connect(srv.addr()).unwrap())
         .collect();
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let h = std::thread::spawn(move || {
-        srv.shutdown();
+        srv.server.shutdown();
         let _ = done_tx.send(());
     });
     // A deadline, not a speed claim: without the fix this waited for the one-hour read timeout.

@@ -36,12 +36,24 @@ impl TestServer {
     }
 
     pub fn start_with(opts: impl FnOnce(StoreOptions) -> StoreOptions) -> TestServer {
+        Self::start_configured(opts, ServerConfig::default())
+    }
+
+    /// A durable store served with `config` (pool size, timeouts).
+    pub fn start_config(config: ServerConfig) -> TestServer {
+        Self::start_configured(|o| o, config)
+    }
+
+    pub fn start_configured(
+        opts: impl FnOnce(StoreOptions) -> StoreOptions,
+        config: ServerConfig,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let faults = FaultSwitch::new();
         let store = opts(StoreOptions::new(dir.path().join("store")).faults(faults.clone()))
             .open()
             .expect("open store");
-        let server = BlobServer::start(store, ServerConfig::default()).expect("start server");
+        let server = BlobServer::start(store, config).expect("start server");
         TestServer {
             server,
             faults,
@@ -412,4 +424,51 @@ pub fn expects_of(events: &[Req]) -> Vec<Expect> {
             _ => None,
         })
         .collect()
+}
+
+/// A `blobvault serve` child process (the built binary); SIGKILLed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ServeProcess {
+    /// Starts `blobvault serve ARGS…` and waits for its `listening on` line.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
+            .arg("serve")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn blobvault serve");
+        let mut line = String::new();
+        io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        ServeProcess { child, addr }
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
