@@ -185,6 +185,24 @@ impl Phase {
     }
 }
 
+/// A file-per-blob server to compare with (`--compare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// Flink 0.10's layout as the original wrote it: temp file, write, rename, no fsync.
+    Files,
+    /// The same with fsync of the file and of its directory before the reply (durable).
+    FilesFsync,
+}
+
+impl Baseline {
+    fn name(self) -> &'static str {
+        match self {
+            Baseline::Files => "files",
+            Baseline::FilesFsync => "files-fsync",
+        }
+    }
+}
+
 /// Options of `blobvault bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -233,7 +251,10 @@ pub struct BenchArgs {
     /// In-process server: redb cache size in MiB (default: the store's default).
     #[arg(long)]
     pub cache_mib: Option<usize>,
-    /// In-process server: do not re-hash blobs on GET (shows what verification costs).
+    /// In-process server: chunk size of the new store in bytes (default: the store's default).
+    #[arg(long)]
+    pub chunk_size: Option<usize>,
+    /// In-process server: do not check blobs on GET (shows what the check costs).
     #[arg(long)]
     pub no_read_verify: bool,
     /// In-process server: after the phases, stop cleanly and time opening the store again.
@@ -245,6 +266,10 @@ pub struct BenchArgs {
     /// Seed of sizes and content (default: from the clock, so runs never collide).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run the same phases again against an in-process file-per-blob server (the original's
+    /// layout: `cache/blob_<hex>`) and show both side by side.
+    #[arg(long, value_enum)]
+    pub compare: Option<Baseline>,
     /// Print the report as JSON on stdout (the text report then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -279,6 +304,8 @@ impl PhaseReport {
 /// The whole report of a run.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// What served: `blobvault`, `files` or `files-fsync` (in-process), or `external`.
+    pub target: String,
     pub server: String,
     pub in_process: bool,
     pub durable: Option<bool>,
@@ -297,19 +324,60 @@ pub struct Report {
 
 /// Runs the load generator and prints its report.
 pub fn run_cli(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let report = run(args)?;
-    let text = format_text(&report);
+    let mut reports = vec![run(args)?];
+    if let Some(b) = args.compare {
+        if args.server.is_some() {
+            return Err("--compare needs the in-process server (no --server)".into());
+        }
+        reports.push(run_with(args, Some(b), false)?);
+    }
+    let mut text: String = reports
+        .iter()
+        .map(format_text)
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let [a, b] = reports.as_slice() {
+        text.push_str(&format_comparison(a, b));
+    }
     if args.json {
         eprint!("{text}");
-        println!("{}", format_json(&report));
+        match reports.as_slice() {
+            [one] => println!("{}", format_json(one)),
+            many => {
+                let runs: Vec<String> = many.iter().map(format_json).collect();
+                println!("{{\"runs\":[{}]}}", runs.join(","));
+            }
+        }
     } else {
         print!("{text}");
     }
-    let errors: u64 = report.phases.iter().map(|p| p.errors).sum();
+    let errors: u64 = reports
+        .iter()
+        .flat_map(|r| &r.phases)
+        .map(|p| p.errors)
+        .sum();
     if errors > 0 {
         return Err(format!("{errors} operations failed").into());
     }
     Ok(())
+}
+
+/// Ops/s of `b` against `a`, phase by phase.
+fn format_comparison(a: &Report, b: &Report) -> String {
+    let mut s = format!("\n{} vs {} (ops/s ratio):\n", a.target, b.target);
+    for pa in &a.phases {
+        if let Some(pb) = b.phases.iter().find(|p| p.name == pa.name) {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:>10.0} vs {:>10.0}  = {:.2}x",
+                pa.name,
+                pa.ops_per_sec(),
+                pb.ops_per_sec(),
+                pa.ops_per_sec() / pb.ops_per_sec().max(1e-9)
+            );
+        }
+    }
+    s
 }
 
 /// A temp directory removed when dropped.
@@ -336,6 +404,16 @@ impl Drop for TempDir {
 
 /// Runs a benchmark as `args` describe and returns its figures.
 pub fn run(args: &BenchArgs) -> Result<Report, Box<dyn std::error::Error>> {
+    run_with(args, None, true)
+}
+
+/// Runs against `baseline` (in-process) instead of blobvault when given; `extras` are the raw
+/// TCP and dd measurements.
+fn run_with(
+    args: &BenchArgs,
+    baseline: Option<Baseline>,
+    extras: bool,
+) -> Result<Report, Box<dyn std::error::Error>> {
     if args.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
@@ -352,23 +430,35 @@ pub fn run(args: &BenchArgs) -> Result<Report, Box<dyn std::error::Error>> {
     });
     let temp = match (&args.server, &args.dir) {
         (None, None) => Some(TempDir::new()?),
+        (None, Some(_)) if baseline.is_some() => Some(TempDir::new()?),
         _ => None,
     };
     let store_dir: Option<PathBuf> = match (&args.dir, &temp) {
-        (Some(d), _) => Some(d.clone()),
-        (None, Some(t)) => Some(t.0.clone()),
+        (_, Some(t)) => Some(t.0.clone()),
+        (Some(d), None) => Some(d.clone()),
         (None, None) => None,
     };
     let mut server = None;
-    let addr = match args.server {
-        Some(a) => a,
-        None => {
+    let mut file_server = None;
+    let addr = match (args.server, baseline) {
+        (Some(a), _) => a,
+        (None, Some(b)) => {
+            let dir = store_dir.clone().ok_or("no store directory")?;
+            let fs = FileServer::start(&dir, b == Baseline::FilesFsync)?;
+            let a = fs.addr;
+            file_server = Some(fs);
+            a
+        }
+        (None, None) => {
             let dir = store_dir.clone().ok_or("no store directory")?;
             let mut opts = StoreOptions::new(&dir).durable(!args.no_fsync);
             if let Some(mib) = args.cache_mib {
                 opts.cache_size = mib << 20;
             }
             opts.verify_reads = !args.no_read_verify;
+            if let Some(c) = args.chunk_size {
+                opts.chunk_size = c.max(1);
+            }
             let store = opts.open()?;
             let s = BlobServer::start(store, ServerConfig::default())?;
             let a = s.local_addr();
@@ -378,9 +468,17 @@ pub fn run(args: &BenchArgs) -> Result<Report, Box<dyn std::error::Error>> {
     };
 
     let mut report = Report {
+        target: match (baseline, &server) {
+            (Some(b), _) => b.name().to_string(),
+            (None, Some(_)) => "blobvault".to_string(),
+            (None, None) => "external".to_string(),
+        },
         server: addr.to_string(),
-        in_process: server.is_some(),
-        durable: server.as_ref().map(|_| !args.no_fsync),
+        in_process: server.is_some() || file_server.is_some(),
+        durable: match baseline {
+            Some(b) => Some(b == Baseline::FilesFsync),
+            None => server.as_ref().map(|_| !args.no_fsync),
+        },
         size: args.size.to_string(),
         count: args.count,
         connections: args.connections,
@@ -394,12 +492,12 @@ pub fn run(args: &BenchArgs) -> Result<Report, Box<dyn std::error::Error>> {
     let total_bytes: u64 = sizes.iter().sum();
     let progress = Progress::new(!args.quiet);
 
-    if args.raw_tcp {
+    if args.raw_tcp && extras {
         report
             .phases
             .extend(raw_tcp(total_bytes, args.connections, &progress)?);
     }
-    if args.dd {
+    if args.dd && extras {
         let dir = store_dir
             .clone()
             .ok_or("--dd needs a store directory: --dir, or no --server")?;
@@ -459,6 +557,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Box<dyn std::error::Error>> {
         }
     }
     drop(workers);
+    drop(file_server);
 
     if let Some(pid) = args.server_pid {
         report.peak_rss_bytes = peak_rss(&format!("/proc/{pid}/status"));
@@ -967,6 +1066,201 @@ impl Conn {
     }
 }
 
+/// The file-per-blob baseline over the same protocol: Flink 0.10's storage scheme. A thread per
+/// connection (as the original); a PUT goes to `incoming/temp-N` (hashed on the way), is renamed
+/// to `cache/blob_<hex>` (named: `job_<hex>/blob_<hex of name>`), with fsync of the file and the
+/// directory when `fsync` is set; a GET sends the file.
+struct FileServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+struct FileLayout {
+    incoming: PathBuf,
+    root: PathBuf,
+    fsync: bool,
+    temp: AtomicU64,
+}
+
+impl FileServer {
+    fn start(dir: &Path, fsync: bool) -> io::Result<FileServer> {
+        let layout = Arc::new(FileLayout {
+            incoming: dir.join("incoming"),
+            root: dir.to_path_buf(),
+            fsync,
+            temp: AtomicU64::new(0),
+        });
+        std::fs::create_dir_all(&layout.incoming)?;
+        std::fs::create_dir_all(dir.join("cache"))?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let acceptor = std::thread::spawn(move || {
+            for s in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    let layout = Arc::clone(&layout);
+                    std::thread::spawn(move || {
+                        let _ = s.set_nodelay(true);
+                        let _ = file_serve(&layout, s);
+                    });
+                }
+            }
+        });
+        Ok(FileServer {
+            addr,
+            stop,
+            acceptor: Some(acceptor),
+        })
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+impl FileLayout {
+    fn content_path(&self, key: &BlobKey) -> PathBuf {
+        self.root
+            .join("cache")
+            .join(format!("blob_{}", hex(&key.0)))
+    }
+
+    fn named_path(&self, job: &JobId, name: &str) -> PathBuf {
+        self.root
+            .join(format!("job_{}", hex(&job.0)))
+            .join(format!("blob_{}", hex(name.as_bytes())))
+    }
+
+    fn path_of(&self, id: &BlobId) -> PathBuf {
+        match id {
+            BlobId::Content(k) => self.content_path(k),
+            BlobId::Named(j, n) => self.named_path(j, n),
+        }
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.fsync {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// One connection of the baseline server; any failure closes it.
+fn file_serve(layout: &FileLayout, mut s: TcpStream) -> io::Result<()> {
+    use crate::protocol::{Request, RequestDecoder, RequestEvent};
+    let mut dec = RequestDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut upload: Option<(std::fs::File, PathBuf, KeyHasher, PutTarget)> = None;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut pos = 0;
+        while pos < n {
+            let (used, ev) = dec.decode(&buf[pos..n]).map_err(io::Error::other)?;
+            pos += used;
+            let Some(ev) = ev else { continue };
+            let r: io::Result<()> = (|| {
+                match ev {
+                    RequestEvent::Request(Request::Put(target)) => {
+                        let i = layout.temp.fetch_add(1, Ordering::Relaxed);
+                        let tmp = layout.incoming.join(format!("temp-{i:08}"));
+                        let f = std::fs::File::create(&tmp)?;
+                        upload = Some((f, tmp, KeyHasher::new(), target));
+                    }
+                    RequestEvent::Chunk(d) => {
+                        if let Some((f, _, h, _)) = upload.as_mut() {
+                            h.update(d);
+                            f.write_all(d)?;
+                        }
+                    }
+                    RequestEvent::End => {
+                        let (f, tmp, h, target) =
+                            upload.take().ok_or_else(|| io::Error::other("no PUT"))?;
+                        if layout.fsync {
+                            f.sync_all()?;
+                        }
+                        drop(f);
+                        let key = h.finish();
+                        let dest = match &target {
+                            PutTarget::Content => layout.content_path(&key),
+                            PutTarget::Named(j, n) => layout.named_path(j, n),
+                        };
+                        let parent = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+                        std::fs::create_dir_all(&parent)?;
+                        std::fs::rename(&tmp, &dest)?;
+                        layout.sync_dir(&parent)?;
+                        match target {
+                            PutTarget::Content => protocol::encode_put_key(&key, &mut out),
+                            PutTarget::Named(..) => protocol::encode_ok(&mut out),
+                        }
+                    }
+                    RequestEvent::Request(Request::Get(id)) => {
+                        let mut f = std::fs::File::open(layout.path_of(&id))?;
+                        let len = f.metadata()?.len();
+                        protocol::encode_get_header(len as u32, &mut out);
+                        let start = out.len();
+                        out.resize(start + len as usize, 0);
+                        f.read_exact(&mut out[start..])?;
+                    }
+                    RequestEvent::Request(Request::Delete(target)) => {
+                        let path = match &target {
+                            DeleteTarget::Content(k) => layout.content_path(k),
+                            DeleteTarget::Named(j, n) => layout.named_path(j, n),
+                            DeleteTarget::Job(j) => layout.root.join(format!("job_{}", hex(&j.0))),
+                        };
+                        if matches!(target, DeleteTarget::Job(_)) {
+                            let _ = std::fs::remove_dir_all(&path);
+                        } else {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        if let Some(parent) = path.parent() {
+                            layout.sync_dir(parent)?;
+                        }
+                        protocol::encode_ok(&mut out);
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = r {
+                out.clear();
+                protocol::encode_error(&e.to_string(), &mut out);
+                s.write_all(&out)?;
+                return Err(e);
+            }
+            if out.len() >= 256 * 1024 {
+                s.write_all(&out)?;
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            s.write_all(&out)?;
+            out.clear();
+        }
+    }
+}
+
 /// Plain TCP over loopback, the same bytes and connections: upload (client writes, server
 /// reads) and download (server writes, client reads), each as a phase.
 fn raw_tcp(total: u64, conns: usize, progress: &Progress) -> io::Result<Vec<PhaseReport>> {
@@ -1142,7 +1436,8 @@ pub fn format_text(r: &Report) -> String {
     };
     let _ = writeln!(
         s,
-        "blobvault bench: {} {}, {} connection(s), size {}, {}{}",
+        "[{}] {} {}, {} connection(s), size {}, {}{}",
+        r.target,
         r.count,
         if r.named { "named blobs" } else { "blobs" },
         r.connections,
@@ -1244,7 +1539,8 @@ pub fn format_json(r: &Report) -> String {
     let mut s = String::from("{");
     let _ = write!(
         s,
-        "\"server\":{},\"in_process\":{},\"durable\":{},\"size\":{},\"count\":{},\"connections\":{},\"named\":{},\"java_client\":{},\"phases\":[",
+        "\"target\":{},\"server\":{},\"in_process\":{},\"durable\":{},\"size\":{},\"count\":{},\"connections\":{},\"named\":{},\"java_client\":{},\"phases\":[",
+        json_str(&r.target),
         json_str(&r.server),
         r.in_process,
         r.durable.map_or("null".into(), |d| d.to_string()),

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every speed target of BENCHMARKS.md with `blobvault bench`, one after the other, and
+# prints each command before its report. Build first: cargo build --release.
+# Usage: benches/targets.sh [path/to/blobvault]   (takes about 5 minutes)
+set -euo pipefail
+B=${1:-target/release/blobvault}
+export RUST_LOG=warn
+run() {
+    echo
+    echo "\$ blobvault $*"
+    "$B" "$@"
+}
+echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  nproc: $(nproc)  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# PUT and GET 4 KiB over 8 connections, durable; the Java-style client (small writes, Nagle on).
+run bench -q -n 20000 -s 4KiB -c 8
+run bench -q -n 2000 -s 4KiB -c 1 --java-client
+
+# 256 MiB: GET against raw loopback TCP, PUT against dd conv=fdatasync (same run, same disk).
+run bench -q -n 2 -s 256MiB -c 1 --raw-tcp --get-rounds 4 --phases put,get
+for _ in 1 2 3; do
+    run bench -q -n 1 -s 256MiB -c 1 --phases put --dd
+done
+
+# Space: 10,000 blobs of the JAR-like mix.
+run bench -q -n 10000 -s jar -c 8 --phases put,get
+
+# Peak RSS of a separate server process: 16 connections each streaming 256 MiB up and down.
+dir=$(mktemp -d)
+port=$((50000 + RANDOM % 10000))
+"$B" serve -d "$dir" -p "$port" >/dev/null 2>&1 &
+pid=$!
+sleep 1
+run bench -q --server "127.0.0.1:$port" -n 16 -s 256MiB -c 16 --server-pid "$pid"
+kill "$pid"
+wait "$pid" 2>/dev/null || true
+rm -rf "$dir"
+
+# Open time of a store holding 1,000,000 small blobs after a clean stop.
+run bench -q -n 1000000 -s 1KiB -c 8 --phases put --no-fsync --reopen
