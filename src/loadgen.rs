@@ -301,6 +301,18 @@ impl PhaseReport {
     }
 }
 
+/// Size of the store against what it holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreBytes {
+    /// Length of the database file. redb grows it by doubling (up to 4 GiB regions), so this
+    /// jumps by 2x at thresholds; the part not yet used is sparse.
+    pub file: u64,
+    /// Blocks the database file occupies on disk.
+    pub disk: u64,
+    /// Bytes of distinct content stored.
+    pub payload: u64,
+}
+
 /// The whole report of a run.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -317,8 +329,8 @@ pub struct Report {
     pub phases: Vec<PhaseReport>,
     pub dd_mb_per_sec: Option<f64>,
     pub peak_rss_bytes: Option<u64>,
-    /// (file bytes, payload bytes) of the store after the put phase (in-process server).
-    pub store_bytes: Option<(u64, u64)>,
+    /// Figures of the store after the put phase (in-process server).
+    pub store_bytes: Option<StoreBytes>,
     pub reopen_ms: Option<f64>,
 }
 
@@ -534,7 +546,12 @@ fn run_with(
                 if let Some(s) = &server {
                     s.store().sync()?;
                     let st = s.store().stats()?;
-                    report.store_bytes = Some((st.file_bytes, st.payload_bytes));
+                    report.store_bytes = Some(StoreBytes {
+                        file: st.file_bytes,
+                        disk: disk_usage(&s.store().dir().join(crate::store::DB_FILE))
+                            .unwrap_or(st.file_bytes),
+                        payload: st.payload_bytes,
+                    });
                 }
             }
             Phase::Get | Phase::Delete => {
@@ -579,6 +596,18 @@ fn run_with(
     }
     drop(temp);
     Ok(report)
+}
+
+/// Bytes of disk blocks a file occupies (its length where that cannot be known).
+fn disk_usage(path: &Path) -> Option<u64> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(m.blocks() * 512)
+    }
+    #[cfg(not(unix))]
+    Some(m.len())
 }
 
 fn peak_rss(status: &str) -> Option<u64> {
@@ -1487,13 +1516,16 @@ pub fn format_text(r: &Report) -> String {
             100.0 * get.mb_per_sec() / raw.mb_per_sec().max(1e-9)
         );
     }
-    if let Some((file, payload)) = r.store_bytes {
+    if let Some(b) = r.store_bytes {
+        let p = b.payload.max(1) as f64;
         let _ = writeln!(
             s,
-            "store after put: file {} bytes, payload {} bytes, ratio {:.3}",
-            file,
-            payload,
-            file as f64 / payload.max(1) as f64
+            "store after put: payload {} bytes; on disk {} bytes ({:.3}x); file length {} bytes ({:.3}x)",
+            b.payload,
+            b.disk,
+            b.disk as f64 / p,
+            b.file,
+            b.file as f64 / p
         );
     }
     if let Some(rss) = r.peak_rss_bytes {
@@ -1584,11 +1616,16 @@ pub fn format_json(r: &Report) -> String {
         opt(r.reopen_ms)
     );
     match r.store_bytes {
-        Some((f, p)) => {
+        Some(b) => {
+            let p = b.payload.max(1) as f64;
             let _ = write!(
                 s,
-                ",\"store\":{{\"file_bytes\":{f},\"payload_bytes\":{p},\"ratio\":{}}}",
-                json_num(f as f64 / p.max(1) as f64)
+                ",\"store\":{{\"file_bytes\":{},\"disk_bytes\":{},\"payload_bytes\":{},\"file_ratio\":{},\"disk_ratio\":{}}}",
+                b.file,
+                b.disk,
+                b.payload,
+                json_num(b.file as f64 / p),
+                json_num(b.disk as f64 / p)
             );
         }
         None => s.push_str(",\"store\":null"),
