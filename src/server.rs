@@ -349,7 +349,6 @@ impl<'a> Connection<'a> {
                     Err(e) => Close::Error(e.to_string()),
                 };
             }
-            quick_ack(&self.stream);
             let mut pos = 0;
             while pos < n {
                 let (used, event) = match dec.decode(&buf[pos..n]) {
@@ -376,6 +375,10 @@ impl<'a> Connection<'a> {
                     tracing::debug!(peer = self.peer, error = %e, "write failed");
                     return Close::Quiet;
                 }
+            }
+            // Half a request: its sender may be waiting for our ACK before it sends the rest.
+            if !dec.is_idle() {
+                quick_ack(&self.stream);
             }
             // Everything received is handled: send the replies gathered meanwhile in one write.
             if let Err(e) = self.flush() {
@@ -522,7 +525,9 @@ fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<
 /// Acknowledges what was just read at once instead of after Linux's delayed-ACK timer (40 ms).
 /// A client that writes a request in small pieces with Nagle on (Flink's Java client) sends each
 /// piece only once the previous one is acknowledged; the kernel clears the flag after each ACK,
-/// so it is set again after every read.
+/// so it is set again after every read that leaves a request unfinished. (After a whole request
+/// the ACK rides on the reply; acknowledging at once there would cost an extra packet per
+/// request.)
 fn quick_ack(stream: &TcpStream) {
     #[cfg(target_os = "linux")]
     {

@@ -1,9 +1,8 @@
 //! The single writer thread: group commit of queued PUTs and DELETEs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::schema::*;
@@ -41,24 +40,16 @@ enum Outcome {
     Count(u64),
 }
 
-/// The longest a batch waits for the writers of the previous batch to come back.
-const MAX_LINGER: Duration = Duration::from_millis(1);
-
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
-    // Group commit sized by load. Writers acknowledged by one commit send their next operation
-    // a round trip later, while the next commit has already started with whoever else was
-    // queued: left alone, N busy writers split into two alternating half-batches. So a batch
-    // waits (briefly) for as many operations as the last commit acknowledged plus those already
-    // queued: one writer never waits, N writers share one fsync.
-    let mut last_batch = 0usize;
-    let mut last_commit = Duration::ZERO;
+    // Group commit sized by load: a batch is whatever was queued while the previous commit ran
+    // (up to `max_batch` operations and MAX_BATCH_BYTES). Waiting for more was measured and
+    // rejected: on two cores, N busy writers split into two alternating half-batches overlap one
+    // half's CPU work with the other half's fsync, while one full batch serialises them (17%
+    // fewer 4 KiB PUTs/s with 8 connections; BENCHMARKS.md).
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let mut bytes = op_bytes(&batch[0]);
-        let full = |batch: &Vec<WriteOp>, bytes: u64| {
-            batch.len() >= shared.opts.max_batch || bytes >= MAX_BATCH_BYTES
-        };
-        while !full(&batch, bytes) {
+        while batch.len() < shared.opts.max_batch && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(op) => {
                     bytes += op_bytes(&op);
@@ -67,27 +58,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        let expected = (last_batch + batch.len()).min(shared.opts.max_batch);
-        if last_batch > 1 || (last_batch == 1 && batch.len() > 1) {
-            let deadline = Instant::now() + (last_commit / 2).min(MAX_LINGER);
-            while batch.len() < expected && !full(&batch, bytes) {
-                match rx.recv_deadline(deadline) {
-                    Ok(op) => {
-                        bytes += op_bytes(&op);
-                        batch.push(op);
-                    }
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
-            }
-        }
-        last_batch = batch
-            .iter()
-            .filter(|op| !matches!(op, WriteOp::Barrier { .. }))
-            .count();
-        let started = Instant::now();
-        let result = commit(&shared, &batch);
-        last_commit = started.elapsed();
-        match result {
+        match commit(&shared, &batch) {
             Ok(outcomes) => reply_all(batch, outcomes.into_iter().map(Ok).collect()),
             // A storage or recovery failure fails the whole commit it hit (retrying each op
             // would reopen the database once per op); an error of one op (its spool) must not
