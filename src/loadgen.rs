@@ -1665,6 +1665,84 @@ mod tests {
         assert_eq!(jar_mix_size(7, 3), jar_mix_size(7, 3));
     }
 
+    fn args(extra: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let mut argv = vec!["bench", "-q", "-c", "3", "--no-fsync"];
+        argv.extend_from_slice(extra);
+        <Cli as clap::Parser>::parse_from(argv).bench
+    }
+
+    fn phases(r: &Report) -> Vec<(String, u64, u64)> {
+        r.phases
+            .iter()
+            .map(|p| (p.name.clone(), p.ops, p.errors))
+            .collect()
+    }
+
+    #[test]
+    fn every_mode_runs_against_an_in_process_server() {
+        for extra in [
+            &["-n", "24", "-s", "3000", "--verify"][..],
+            &["-n", "6", "-s", "jar", "--named", "--get-rounds", "2"][..],
+            &["-n", "24", "-s", "70000", "--java-client"][..],
+            &[
+                "-n",
+                "24",
+                "-s",
+                "1KiB",
+                "--named",
+                "--java-client",
+                "--verify",
+            ][..],
+        ] {
+            let a = args(extra);
+            let r = run(&a).expect("bench run");
+            let n = a.count;
+            let gets = n * a.get_rounds as u64;
+            assert_eq!(
+                phases(&r),
+                [
+                    ("put".to_string(), n, 0),
+                    ("get".to_string(), gets, 0),
+                    ("delete".to_string(), n, 0)
+                ],
+                "{extra:?}"
+            );
+            let b = r.store_bytes.expect("store figures");
+            assert!(b.payload > 0 && b.file > 0, "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn the_file_baseline_serves_the_same_phases() {
+        for b in [Baseline::Files, Baseline::FilesFsync] {
+            for extra in [
+                &["-n", "24", "-s", "5000"][..],
+                &["-n", "24", "-s", "70000", "--named"][..],
+            ] {
+                let r = run_with(&args(extra), Some(b), false).expect("baseline run");
+                assert_eq!(r.target, b.name());
+                assert!(
+                    r.phases.iter().all(|p| p.errors == 0 && p.ops == 24),
+                    "{:?}",
+                    r.phases
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn raw_tcp_moves_the_bytes() {
+        let p = Progress::new(false);
+        let r = raw_tcp(3_000_000, 2, &p).expect("raw tcp");
+        assert_eq!(r.len(), 2);
+        assert!(r.iter().all(|p| p.errors == 0 && p.bytes == 3_000_000));
+    }
+
     #[test]
     fn json_escapes() {
         assert_eq!(json_str("a\"b\\\n\u{1}"), "\"a\\\"b\\\\\\n\\u0001\"");
