@@ -7,6 +7,7 @@
 mod crc;
 mod faults;
 mod handle;
+mod oneshot;
 mod read;
 pub(crate) mod schema;
 mod spool;
@@ -347,7 +348,7 @@ impl BlobStore {
         if let PutTarget::Named(_, name) = &target {
             check_name(name)?;
         }
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = oneshot::channel();
         self.send(WriteOp::Put {
             blob,
             target,
@@ -398,14 +399,14 @@ impl BlobStore {
     /// Deleting by key removes the content-addressed entry only: named blobs with the same bytes
     /// keep them.
     pub fn delete(&self, target: DeleteTarget) -> Result<u64, StoreError> {
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = oneshot::channel();
         self.send(WriteOp::Delete { target, reply })?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Local deletion only, never touching the recovery store (a worker dropping its copy).
     pub fn delete_local(&self, target: DeleteTarget) -> Result<u64, StoreError> {
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = oneshot::channel();
         self.send(WriteOp::DeleteLocal { target, reply })?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
@@ -549,7 +550,7 @@ impl BlobStore {
 
     /// Waits until every write queued so far is committed.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = oneshot::channel();
         self.send(WriteOp::Barrier { reply })?;
         rx.recv().map_err(|_| StoreError::Closed)
     }

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::schema::*;
-use super::{Shared, Spooled, StoreError, crc};
+use super::{Shared, Spooled, StoreError, crc, oneshot};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::recovery::{RecoveryItem, RecoveryStore};
@@ -17,18 +17,18 @@ pub(crate) enum WriteOp {
         target: PutTarget,
         /// Not replicated to the recovery store (it came from there, or the caller is a cache).
         local_only: bool,
-        reply: Sender<Result<BlobKey, StoreError>>,
+        reply: oneshot::Sender<Result<BlobKey, StoreError>>,
     },
     Delete {
         target: DeleteTarget,
-        reply: Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     DeleteLocal {
         target: DeleteTarget,
-        reply: Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Barrier {
-        reply: Sender<()>,
+        reply: oneshot::Sender<()>,
     },
 }
 
