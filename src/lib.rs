@@ -1,5 +1,29 @@
 //! blobvault: Flink 0.10's BLOB service (server, client, worker cache, library-cache manager,
 //! recovery) over one embedded redb database instead of a file per blob.
+//!
+//! ```
+//! use blobvault::config::ServerConfig;
+//! use blobvault::{BlobClient, BlobId, BlobServer, BlobStore, DeleteTarget, JobId};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! // Embedded: the store itself, no TCP.
+//! let store = BlobStore::open(dir.path())?;
+//! let key = store.put(b"jar bytes")?; // durable when it returns
+//! let job = JobId::random();
+//! store.put_named(job, "lib/app.jar", b"jar bytes")?; // same bytes: stored once
+//! assert_eq!(store.stats()?.contents, 1);
+//!
+//! // Served over Flink 0.10's protocol.
+//! let server = BlobServer::start(store, ServerConfig::default())?;
+//! let mut client = BlobClient::connect(server.local_addr())?;
+//! assert_eq!(client.get_bytes(&BlobId::Named(job, "lib/app.jar".into()))?, b"jar bytes");
+//! client.delete(key)?; // the named blob keeps the bytes
+//! assert!(server.store().contains(&BlobId::Named(job, "lib/app.jar".into()))?);
+//! server.store().delete(DeleteTarget::Job(job))?;
+//! assert_eq!(server.store().stats()?.contents, 0);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod cache;
 pub mod cli;
