@@ -472,7 +472,10 @@ fn run_with(
                 opts.chunk_size = c.max(1);
             }
             let store = opts.open()?;
-            let s = BlobServer::start(store, ServerConfig::default())?;
+            // Every connection keeps its worker for the whole run: enough workers for all.
+            let mut config = ServerConfig::default();
+            config.num_concurrent = config.num_concurrent.max(args.connections + 2);
+            let s = BlobServer::start(store, config)?;
             let a = s.local_addr();
             server = Some(s);
             a
