@@ -472,19 +472,20 @@ impl<'a> Connection<'a> {
                 "BLOB size exceeds the maximum size (2 GB).".into(),
             ));
         }
+        // The first chunk is checked before anything is sent: damage there gets an error reply.
+        let first = r
+            .next_chunk()
+            .map_err(|e| Close::Error(damaged(e, self.peer).to_string()))?;
+        protocol::encode_get_header(r.len() as u32, &mut self.out);
         if r.is_single_chunk() {
-            let chunk = r
-                .next_chunk()
-                .map_err(|e| Close::Error(damaged(e, self.peer).to_string()))?;
-            protocol::encode_get_header(r.len() as u32, &mut self.out);
-            if let Some(c) = chunk {
+            if let Some(c) = first {
                 self.out.extend_from_slice(c.value());
             }
             return Ok(());
         }
-        protocol::encode_get_header(r.len() as u32, &mut self.out);
         // A few checked chunks go out per write (fewer syscalls); memory stays bounded by them.
         let mut ready = Vec::with_capacity(CHUNKS_PER_WRITE);
+        ready.extend(first);
         loop {
             match r.next_chunk() {
                 Ok(Some(c)) => {
@@ -499,9 +500,8 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) => {
                     damaged(e, self.peer);
-                    // Chunks are checked one by one: even when the first one fails, the reply
-                    // has begun (its header is written), as when a later one does; the chunks
-                    // checked before it go out, then the reply is cut there.
+                    // The reply has begun: the chunks checked before the bad one go out, then
+                    // the reply is cut there, so the client never gets the blob whole.
                     let _ = self.write_chunks(&mut ready);
                     return Err(Close::Quiet);
                 }

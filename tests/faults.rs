@@ -88,46 +88,68 @@ fn flip_in_file(path: &std::path::Path, needle: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Distinct bytes (no repeats), so a slice of them is found once in the store file.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[test]
 fn verify_and_get_detect_a_corrupted_chunk() {
     let dir = tempfile::tempdir().unwrap();
-    let small = b"small blob whose bytes get flipped on disk ........".repeat(20);
-    let large = pattern(1_000_000, 5);
-    let (ks, kl) = {
+    let small = noise(5_000, 0x11);
+    let bad_first = noise(1_000_000, 0x23); // damaged in its first chunk
+    let bad_later = noise(1_000_000, 0x35); // damaged in a later chunk
+    let keys = {
         let store = BlobStore::open(dir.path()).unwrap();
-        (store.put(&small).unwrap(), store.put(&large).unwrap())
+        [&small, &bad_first, &bad_later].map(|b| store.put(b).unwrap())
     };
     let db = dir.path().join(blobvault::store::DB_FILE);
     flip_in_file(&db, &small[100..200]);
-    flip_in_file(&db, &large[600_000..600_100]);
+    flip_in_file(&db, &bad_first[1_000..1_100]);
+    flip_in_file(&db, &bad_later[600_000..600_100]);
 
     let store = BlobStore::open(dir.path()).unwrap();
     let report = store.verify().unwrap();
     let mut bad: Vec<BlobKey> = report.damaged.iter().map(|d| d.key).collect();
     bad.sort();
-    let mut want = vec![ks, kl];
+    let mut want = keys.to_vec();
     want.sort();
     assert_eq!(bad, want, "{report:?}");
 
     let server = BlobServer::start(store, ServerConfig::default()).unwrap();
-    // A one-chunk blob: checked before anything is sent, so the client gets an error reply.
-    let mut c = BlobClient::connect(server.local_addr()).unwrap();
-    let err = c.get_bytes(&BlobId::Content(ks)).unwrap_err();
-    assert!(
-        err.server_message().unwrap_or("").contains("damaged"),
-        "{err}"
-    );
-    // A multi-chunk blob: the stream is cut before its last chunk; never the wrong bytes.
+    // Damage in the first chunk is found before anything is sent: an error reply.
+    for key in &keys[..2] {
+        let mut c = BlobClient::connect(server.local_addr()).unwrap();
+        let err = c.get_bytes(&BlobId::Content(*key)).unwrap_err();
+        assert!(
+            err.server_message().unwrap_or("").contains("damaged"),
+            "{err}"
+        );
+    }
+    // Damage further in: the reply is cut at the bad chunk; never the wrong bytes whole.
     let mut raw = TcpStream::connect(server.local_addr()).unwrap();
     let mut req = vec![1u8, 0];
-    req.extend_from_slice(&kl.0);
+    req.extend_from_slice(&keys[2].0);
     raw.write_all(&req).unwrap();
     let mut got = Vec::new();
     raw.read_to_end(&mut got).unwrap();
     assert_eq!(got[0], 0);
-    assert!(got.len() < 5 + large.len(), "a damaged blob was sent whole");
+    assert!(got.len() > 5, "nothing of the good chunks was sent");
+    assert!(
+        got.len() <= 5 + 600_000,
+        "bytes past the damaged chunk were sent"
+    );
+    assert_eq!(&got[5..], &bad_later[..got.len() - 5]);
     let mut c = BlobClient::connect(server.local_addr()).unwrap();
-    assert!(c.get_bytes(&BlobId::Content(kl)).is_err());
+    assert!(c.get_bytes(&BlobId::Content(keys[2])).is_err());
 }
 
 #[test]
