@@ -90,15 +90,7 @@ fn flip_in_file(path: &std::path::Path, needle: &[u8]) {
 
 /// Distinct bytes (no repeats), so a slice of them is found once in the store file.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::Rng::new(seed).bytes(n)
 }
 
 #[test]

@@ -9,21 +9,16 @@ use blobvault::recovery::{RecoveryStore, RedbRecoveryStore, recovery_dir_from_co
 use blobvault::store::{FaultSwitch, StoreOptions};
 use blobvault::{BlobClient, BlobId, BlobKey, BlobServer, JobId};
 
+mod common;
+use common::ServeProcess;
+
 fn server_with_recovery(local: &Path, rec: Arc<dyn RecoveryStore>) -> BlobServer {
     let store = StoreOptions::new(local).recovery(rec).open().unwrap();
     BlobServer::start(store, ServerConfig::default()).unwrap()
 }
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::Rng::new(seed).bytes(n)
 }
 
 /// Port of Flink's BlobRecoveryITCase.
@@ -186,9 +181,6 @@ fn flink_recovery_keys() {
     conf.set("recovery.mode", "paxos");
     assert!(recovery_dir_from_config(&conf).is_err());
 }
-
-mod common;
-use common::ServeProcess;
 
 /// A server process with a local store and a recovery directory.
 fn spawn(local: &Path, rec: &Path) -> ServeProcess {
