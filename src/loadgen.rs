@@ -22,7 +22,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::config::ServerConfig;
@@ -718,6 +718,39 @@ struct Tally {
     first_error: Option<String>,
 }
 
+/// Runs each job on its own thread and times them together: a job prepares (connects), waits
+/// on the barrier, then works; the clock runs from the common start until the last one ends,
+/// while a progress line for `name` shows on stderr.
+fn timed<T: Send, F: FnOnce(&Barrier) -> T + Send>(
+    name: &str,
+    total: u64,
+    progress: &Progress,
+    jobs: Vec<F>,
+) -> (Vec<T>, f64) {
+    progress.ops.store(0, Ordering::Relaxed);
+    progress.bytes.store(0, Ordering::Relaxed);
+    let barrier = Barrier::new(jobs.len() + 1);
+    let stop = AtomicBool::new(false);
+    let mut results = Vec::new();
+    let mut seconds = 0.0;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let barrier = &barrier;
+                s.spawn(move || job(barrier))
+            })
+            .collect();
+        s.spawn(|| progress.show(name, total, &stop));
+        barrier.wait();
+        let start = Instant::now();
+        results = handles.into_iter().filter_map(|h| h.join().ok()).collect();
+        seconds = start.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+    });
+    (results, seconds)
+}
+
 fn run_phase(
     plan: &Plan,
     workers: &mut [Worker],
@@ -725,39 +758,21 @@ fn run_phase(
     rounds: u32,
     progress: &Progress,
 ) -> PhaseReport {
-    progress.ops.store(0, Ordering::Relaxed);
-    progress.bytes.store(0, Ordering::Relaxed);
     let total = plan.sizes.len() as u64 * rounds as u64;
-    let barrier = Barrier::new(workers.len() + 1);
-    let stop = AtomicBool::new(false);
-    let tallies: Mutex<Vec<Tally>> = Mutex::new(Vec::new());
-    let mut seconds = 0.0;
-    std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for w in workers.iter_mut() {
-            let (barrier, tallies) = (&barrier, &tallies);
-            handles.push(s.spawn(move || {
+    let jobs: Vec<_> = workers
+        .iter_mut()
+        .map(|w| {
+            move |start: &Barrier| {
                 // Connect before the clock starts: a phase measures requests, not handshakes.
                 if w.conn.is_none() {
                     w.conn = Conn::connect(plan.addr, plan.java).ok();
                 }
-                barrier.wait();
-                let t = work(plan, w, phase, rounds, progress);
-                if let Ok(mut all) = tallies.lock() {
-                    all.push(t);
-                }
-            }));
-        }
-        s.spawn(|| progress.show(phase.name(), total, &stop));
-        barrier.wait();
-        let start = Instant::now();
-        for h in handles {
-            let _ = h.join();
-        }
-        seconds = start.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-    });
-    let tallies = tallies.into_inner().unwrap_or_default();
+                start.wait();
+                work(plan, w, phase, rounds, progress)
+            }
+        })
+        .collect();
+    let (tallies, seconds) = timed(phase.name(), total, progress, jobs);
     let mut lat: Vec<u64> = tallies
         .iter()
         .flat_map(|t| t.lat_ns.iter().copied())
@@ -1315,41 +1330,22 @@ fn raw_tcp(total: u64, conns: usize, progress: &Progress) -> io::Result<Vec<Phas
     let per_conn = total.div_ceil(conns as u64).max(1);
     let mut out = Vec::new();
     for (name, up) in [("raw-up", true), ("raw-down", false)] {
-        progress.ops.store(0, Ordering::Relaxed);
-        progress.bytes.store(0, Ordering::Relaxed);
-        let stop = AtomicBool::new(false);
-        let barrier = Barrier::new(conns + 1);
-        let results: Mutex<Vec<io::Result<u64>>> = Mutex::new(Vec::new());
-        let mut seconds = 0.0;
-        std::thread::scope(|s| {
-            let mut hs = Vec::new();
-            for _ in 0..conns {
-                let (barrier, results) = (&barrier, &results);
-                hs.push(s.spawn(move || {
+        let jobs: Vec<_> = (0..conns)
+            .map(|_| {
+                move |start: &Barrier| {
                     let stream = TcpStream::connect(addr).and_then(|st| {
                         st.set_nodelay(true)?;
                         Ok(st)
                     });
-                    barrier.wait();
+                    start.wait();
                     let t = Instant::now();
-                    let r = stream
+                    stream
                         .and_then(|st| raw_client(st, per_conn, up, progress))
-                        .map(|_| t.elapsed().as_nanos() as u64);
-                    if let Ok(mut v) = results.lock() {
-                        v.push(r);
-                    }
-                }));
-            }
-            s.spawn(|| progress.show(name, conns as u64, &stop));
-            barrier.wait();
-            let start = Instant::now();
-            for h in hs {
-                let _ = h.join();
-            }
-            seconds = start.elapsed().as_secs_f64();
-            stop.store(true, Ordering::Relaxed);
-        });
-        let results = results.into_inner().unwrap_or_default();
+                        .map(|_| t.elapsed().as_nanos() as u64)
+                }
+            })
+            .collect();
+        let (results, seconds) = timed(name, conns as u64, progress, jobs);
         let mut lat: Vec<u64> = results
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
