@@ -1,13 +1,11 @@
 //! Storage fault injection: a redb backend over the store file that fails on demand. Used by the
 //! tests (and available to embedders' chaos tests) to show that a failing disk loses nothing.
 
-use std::fs::File;
 use std::io;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
 /// Switches injected storage failures on and off. Clones share one switch.
@@ -44,19 +42,20 @@ impl FaultSwitch {
     }
 }
 
-/// A [`FileBackend`] that consults a [`FaultSwitch`] before each mutation.
+/// A backend (the store file, or a memory image) that consults a [`FaultSwitch`] before each
+/// mutation.
 #[derive(Debug)]
 pub(crate) struct FaultyBackend {
-    inner: FileBackend,
+    inner: Box<dyn StorageBackend>,
     switch: FaultSwitch,
 }
 
 impl FaultyBackend {
-    pub(crate) fn new(file: File, switch: FaultSwitch) -> io::Result<Self> {
-        Ok(FaultyBackend {
-            inner: FileBackend::new(file).map_err(io::Error::other)?,
+    pub(crate) fn new(inner: impl StorageBackend, switch: FaultSwitch) -> Self {
+        FaultyBackend {
+            inner: Box::new(inner),
             switch,
-        })
+        }
     }
 
     fn injected(what: &str) -> io::Error {

@@ -7,6 +7,7 @@
 mod crc;
 mod faults;
 mod handle;
+mod memory;
 mod oneshot;
 mod read;
 pub(crate) mod schema;
@@ -25,6 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
+pub use memory::MemoryImage;
 pub use read::{BlobReader, Chunk};
 pub use schema::ContentMeta;
 pub use spool::{Spooled, Upload};
@@ -122,6 +124,9 @@ pub struct StoreOptions {
     pub faults: FaultSwitch,
     /// Where writes are replicated for failover (see `recovery.rs`).
     pub recovery: Option<Arc<dyn RecoveryStore>>,
+    /// Keep the database in this image instead of `dir/blobs.redb` (`dir` still holds the
+    /// upload spool). Nothing survives the process; `durable` has nothing to sync.
+    pub memory: Option<MemoryImage>,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -131,6 +136,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("durable", &self.durable)
             .field("cache_size", &self.cache_size)
             .field("recovery", &self.recovery.is_some())
+            .field("memory", &self.memory)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +156,7 @@ impl StoreOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             faults: FaultSwitch::new(),
             recovery: None,
+            memory: None,
         }
     }
 
@@ -165,6 +172,13 @@ impl StoreOptions {
 
     pub fn faults(mut self, f: FaultSwitch) -> Self {
         self.faults = f;
+        self
+    }
+
+    /// Keeps the database in `image` (see [`MemoryImage`]); opening another store on a clone of
+    /// the same image after this one closed is a reopen.
+    pub fn in_memory(mut self, image: MemoryImage) -> Self {
+        self.memory = Some(image);
         self
     }
 
@@ -252,8 +266,21 @@ pub(crate) fn open_db_file(
         .truncate(false)
         .open(path)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
-    let backend = faults::FaultyBackend::new(file, faults.clone())
+    let file = redb::backends::FileBackend::new(file)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+    builder
+        .create_with_backend(faults::FaultyBackend::new(file, faults.clone()))
+        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
+}
+
+/// Opens a database over a memory image, through the fault-injecting backend too.
+fn open_db_memory(
+    path: &Path,
+    builder: &redb::Builder,
+    image: &MemoryImage,
+    faults: &FaultSwitch,
+) -> Result<Database, StoreError> {
+    let backend = faults::FaultyBackend::new(image.backend(), faults.clone());
     builder
         .create_with_backend(backend)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
@@ -274,11 +301,15 @@ impl BlobStore {
         limit_malloc_arenas();
         fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
-        let (cache_size, faults) = (opts.cache_size, opts.faults.clone());
+        let (cache_size, faults, memory) =
+            (opts.cache_size, opts.faults.clone(), opts.memory.clone());
         let db = handle::DbHandle::open(opts.dir.join(DB_FILE), move |path| {
             let mut b = Database::builder();
             b.set_cache_size(cache_size);
-            open_db_file(path, &b, &faults)
+            match &memory {
+                Some(image) => open_db_memory(path, &b, image, &faults),
+                None => open_db_file(path, &b, &faults),
+            }
         })?;
         let layout = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
         let spool_dir = opts.dir.join(SPOOL_DIR);
@@ -529,9 +560,10 @@ impl BlobStore {
             named_blobs: named.len()?,
             chunks: chunks.len()?,
             chunk_size: self.inner.shared.layout.chunk_size,
-            file_bytes: fs::metadata(self.inner.shared.db.path())
-                .map(|m| m.len())
-                .unwrap_or(0),
+            file_bytes: match &self.inner.shared.opts.memory {
+                Some(image) => image.len(),
+                None => fs::metadata(self.inner.shared.db.path()).map_or(0, |m| m.len()),
+            },
             ..StoreStats::default()
         };
         for row in content.iter()? {
