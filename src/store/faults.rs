@@ -37,6 +37,17 @@ impl FaultSwitch {
         self.0.store(OFF, Ordering::SeqCst);
     }
 
+    /// Whether a write to another file of the store (the write-ahead log) may go ahead: like
+    /// the database file, it cannot grow while the disk is full, nor be written while writes
+    /// fail.
+    pub(crate) fn check_write(&self, grows: bool) -> io::Result<()> {
+        match self.mode() {
+            ALL => Err(FaultyBackend::injected("log write")),
+            FULL if grows => Err(FaultyBackend::injected("log grow")),
+            _ => Ok(()),
+        }
+    }
+
     fn mode(&self) -> u8 {
         self.0.load(Ordering::SeqCst)
     }

@@ -13,6 +13,7 @@ mod read;
 pub(crate) mod schema;
 mod spool;
 mod verify;
+mod wal;
 pub(crate) mod writer;
 
 use std::fs::{self, OpenOptions};
@@ -31,6 +32,7 @@ pub use read::{BlobReader, Chunk};
 pub use schema::ContentMeta;
 pub use spool::{Spooled, Upload};
 pub use verify::{Damage, VerifyReport};
+pub use wal::WAL_FILE;
 
 use crate::key::{BlobId, BlobKey, JobId, check_name};
 use crate::protocol::{DeleteTarget, PutTarget};
@@ -215,6 +217,8 @@ pub struct StoreStats {
 /// The parts shared by the store's handles and its writer thread.
 pub(crate) struct Shared {
     db: handle::DbHandle,
+    /// The write-ahead log of a store on disk (`wal.rs`); `None` for a memory image.
+    wal: Option<Arc<Mutex<wal::Wal>>>,
     spool_dir: PathBuf,
     opts: StoreOptions,
     layout: Layout,
@@ -301,15 +305,36 @@ impl BlobStore {
         limit_malloc_arenas();
         fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
-        let (cache_size, faults, memory) =
-            (opts.cache_size, opts.faults.clone(), opts.memory.clone());
+        // Every open of a store on disk replays its log, durable or not: a store last used
+        // durably may hold acknowledged writes only there.
+        let wal = match opts.memory {
+            Some(_) => None,
+            None => Some(Arc::new(Mutex::new(wal::Wal::open(
+                &opts.dir.join(WAL_FILE),
+                opts.faults.clone(),
+            )?))),
+        };
+        let (cache_size, faults, memory, chunk_size, log) = (
+            opts.cache_size,
+            opts.faults.clone(),
+            opts.memory.clone(),
+            opts.chunk_size as u64,
+            wal.clone(),
+        );
         let db = handle::DbHandle::open(opts.dir.join(DB_FILE), move |path| {
             let mut b = Database::builder();
             b.set_cache_size(cache_size);
-            match &memory {
-                Some(image) => open_db_memory(path, &b, image, &faults),
-                None => open_db_file(path, &b, &faults),
+            let db = match &memory {
+                Some(image) => open_db_memory(path, &b, image, &faults)?,
+                None => open_db_file(path, &b, &faults)?,
+            };
+            if let Some(log) = &log {
+                let layout = init_schema(&db, chunk_size)?;
+                log.lock()
+                    .map_err(|_| StoreError::Closed)?
+                    .replay(&db, layout)?;
             }
+            Ok(db)
         })?;
         let layout = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
         let spool_dir = opts.dir.join(SPOOL_DIR);
@@ -317,6 +342,7 @@ impl BlobStore {
             .map_err(|e| StoreError::Open(spool_dir.clone(), e.to_string()))?;
         let shared = Arc::new(Shared {
             db,
+            wal,
             spool_dir,
             opts,
             layout,
@@ -646,6 +672,12 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
             }
         }
     };
+    {
+        let mut settings = txn.open_table(SETTINGS)?;
+        if settings.get(STORE_ID_SETTING)?.is_none() {
+            settings.insert(STORE_ID_SETTING, random_id())?;
+        }
+    }
     // A value holds at most one chunk: redb's limit is far above this, and 0 would mean no chunks.
     if layout.chunk_size == 0 || layout.chunk_size > MAX_CHUNK_SIZE {
         return Err(StoreError::Storage(format!(
@@ -655,6 +687,14 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
     }
     txn.commit()?;
     Ok(layout)
+}
+
+/// A store id: not secret, only unlikely to repeat (the hasher's keys are random per process).
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now_ms() as u128 ^ ((std::process::id() as u128) << 64));
+    h.finish().max(1)
 }
 
 /// Largest chunk size a store may use.

@@ -17,6 +17,10 @@ pub(crate) const CHUNK_SIZE_SETTING: &str = "chunk_size";
 /// ([`super::crc::chunk_crc`], 4 bytes little-endian). New stores use 1.
 pub(crate) const CHUNK_FORMAT_SETTING: &str = "chunk_format";
 pub(crate) const CHUNK_FORMAT_CRC: u64 = 1;
+/// A random number that ties the write-ahead log to this database (`wal.rs`).
+pub(crate) const STORE_ID_SETTING: &str = "store_id";
+/// The last write-ahead log record applied (`wal.rs`).
+pub(crate) const WAL_LSN_SETTING: &str = "wal_lsn";
 
 /// How a store cuts blobs into chunks and stores them (fixed when the store is created).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

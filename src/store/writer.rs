@@ -6,7 +6,7 @@ use crossbeam_channel::Receiver;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::schema::*;
-use super::{Shared, Spooled, StoreError, crc, oneshot};
+use super::{Shared, Spooled, StoreError, crc, oneshot, wal};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::recovery::{RecoveryItem, RecoveryStore};
@@ -83,6 +83,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             }
         }
     }
+    final_checkpoint(&shared);
 }
 
 fn op_bytes(op: &WriteOp) -> u64 {
@@ -129,8 +130,14 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
         return Ok(batch.iter().map(|_| Outcome::Count(0)).collect());
     }
     let db: Arc<Database> = shared.db()?;
+    // Small batches are made durable by the write-ahead log (one sequential fsync) instead of
+    // by the database commit (an fsync of every page touched): see wal.rs.
+    let log = match &shared.wal {
+        Some(wal) if shared.opts.durable && wal::loggable(batch) => Some(wal),
+        _ => None,
+    };
     let mut txn = db.begin_write()?;
-    if !shared.opts.durable {
+    if !shared.opts.durable || log.is_some() {
         txn.set_durability(Durability::None)?;
     }
     let start = std::time::Instant::now();
@@ -139,14 +146,60 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
         replicate(rec.as_ref(), batch)?;
     }
     let applied = start.elapsed();
-    txn.commit()?;
+    match log {
+        Some(wal) => {
+            let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
+            let lsn = wal.next_lsn();
+            txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, lsn)?;
+            // Logged before the commit makes it visible: a batch that fails to log is dropped
+            // whole, and a reader never sees a write that is not durable.
+            wal.append(batch, lsn)?;
+            if let Err(e) = txn.commit() {
+                wal.unappend();
+                return Err(e.into());
+            }
+            if wal.len() >= wal::CHECKPOINT_BYTES
+                && let Err(e) = wal::checkpoint(&db, &mut wal)
+            {
+                // The batch is durable in the log; the next open replays it.
+                tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
+            }
+        }
+        None => {
+            txn.commit()?;
+            // A durable commit holds every earlier non-durable one: the log is done with.
+            if shared.opts.durable
+                && let Some(wal) = &shared.wal
+            {
+                let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
+                wal.reset();
+            }
+        }
+    }
     tracing::trace!(
         ops = batch.len(),
+        logged = log.is_some(),
         apply_us = applied.as_micros() as u64,
         commit_us = (start.elapsed() - applied).as_micros() as u64,
         "group commit"
     );
     Ok(outcomes)
+}
+
+/// At shutdown: makes every logged batch durable in the database and empties the log, so the
+/// next open has nothing to replay.
+pub(crate) fn final_checkpoint(shared: &Shared) {
+    let Some(wal) = &shared.wal else { return };
+    let result = shared.db().and_then(|db| {
+        let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
+        if wal.len() == 0 {
+            return Ok(());
+        }
+        wal::checkpoint(&db, &mut wal)
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "final checkpoint failed; the next open replays the log");
+    }
 }
 
 /// Replays the batch's puts and deletes on the recovery store, in order, puts grouped.
