@@ -141,19 +141,23 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
         txn.set_durability(Durability::None)?;
     }
     let start = std::time::Instant::now();
-    let outcomes = apply(&txn, batch, shared.layout, shared.opts.recovery.as_deref())?;
-    if let Some(rec) = &shared.opts.recovery {
-        replicate(rec.as_ref(), batch)?;
-    }
-    let applied = start.elapsed();
+    let applied;
+    let outcomes;
     match log {
         Some(wal) => {
             let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
             let lsn = wal.next_lsn();
-            txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, lsn)?;
-            // Logged before the commit makes it visible: a batch that fails to log is dropped
-            // whole, and a reader never sees a write that is not durable.
-            wal.append(batch, lsn)?;
+            // The record goes to the disk while the batch is applied; the commit that makes
+            // the batch visible waits for it: a batch that fails to log is dropped whole, and
+            // a reader never sees a write that is not durable.
+            wal.begin(batch, lsn)?;
+            let result = apply_and_replicate(shared, &txn, batch).and_then(|o| {
+                txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, lsn)?;
+                Ok(o)
+            });
+            outcomes = result.inspect_err(|_| wal.abandon())?;
+            applied = start.elapsed();
+            wal.sync()?;
             if let Err(e) = txn.commit() {
                 wal.unappend();
                 return Err(e.into());
@@ -166,13 +170,14 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
             }
         }
         None => {
+            outcomes = apply_and_replicate(shared, &txn, batch)?;
+            applied = start.elapsed();
             txn.commit()?;
             // A durable commit holds every earlier non-durable one: the log is done with.
             if shared.opts.durable
                 && let Some(wal) = &shared.wal
             {
-                let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
-                wal.reset();
+                wal.lock().map_err(|_| StoreError::Closed)?.reset();
             }
         }
     }
@@ -183,6 +188,18 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
         commit_us = (start.elapsed() - applied).as_micros() as u64,
         "group commit"
     );
+    Ok(outcomes)
+}
+
+fn apply_and_replicate(
+    shared: &Shared,
+    txn: &WriteTransaction,
+    batch: &[WriteOp],
+) -> Result<Vec<Outcome>, StoreError> {
+    let outcomes = apply(txn, batch, shared.layout, shared.opts.recovery.as_deref())?;
+    if let Some(rec) = &shared.opts.recovery {
+        replicate(rec.as_ref(), batch)?;
+    }
     Ok(outcomes)
 }
 
