@@ -32,16 +32,16 @@ pub const WAL_FILE: &str = "blobs.wal";
 
 /// Largest blob that goes through the log; larger ones are committed to the database directly
 /// (their pages are contiguous anyway, and logging them would write them twice).
-const MAX_LOGGED_BLOB: u64 = 256 * 1024;
+const MAX_LOGGED_BLOB: u64 = 64 * 1024;
 /// Largest batch (payload bytes) that goes through the log.
-const MAX_LOGGED_BATCH: u64 = 4 * 1024 * 1024;
+const MAX_LOGGED_BATCH: u64 = 1024 * 1024;
 /// Log size after which the writer checkpoints: bounds replay time and the space that
 /// non-durable commits keep from being reused.
 pub(crate) const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 
 const HEADER: usize = 8;
 /// The log file grows (zero-filled) in steps of this.
-const GROW_STEP: u64 = 4 * 1024 * 1024;
+const GROW_STEP: u64 = 1024 * 1024;
 const PUT_CONTENT: u8 = 1;
 const PUT_NAMED: u8 = 2;
 const DELETE_CONTENT: u8 = 3;
