@@ -39,6 +39,12 @@ const MAX_LOGGED_BATCH: u64 = 1024 * 1024;
 /// non-durable commits keep from being reused.
 pub(crate) const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Longest record body replay accepts (and `loggable` lets through).
+const MAX_RECORD: u64 = MAX_LOGGED_BATCH + 64 * 1024;
+/// Store id, LSN, operation count.
+const BODY_HEADER: u64 = 20;
+/// Most bytes an operation takes besides its blob: kind, job, name length, name, key, length.
+const OP_OVERHEAD: u64 = 1 + 16 + 1 + 64 + 20 + 8;
 const HEADER: usize = 8;
 /// The log file grows (zero-filled) in steps of this.
 const GROW_STEP: u64 = 1024 * 1024;
@@ -58,6 +64,8 @@ pub(crate) struct Wal {
     initialized: u64,
     next_lsn: u64,
     store_id: u64,
+    /// Whether this process replayed the log before (then `len` is its valid end).
+    replayed_once: bool,
     faults: FaultSwitch,
     buf: Vec<u8>,
 }
@@ -75,8 +83,10 @@ enum Logged {
 /// Whether `batch` goes through the log: only ordinary puts of small blobs and deletes (a
 /// read-repair depends on the recovery store at the time it is applied, so it is not replayed).
 pub(crate) fn loggable(batch: &[WriteOp]) -> bool {
-    let mut bytes = 0;
+    // An upper bound of the encoded record: replay refuses anything longer.
+    let mut bytes = BODY_HEADER;
     for op in batch {
+        bytes += OP_OVERHEAD;
         match op {
             WriteOp::Put {
                 local_only: true, ..
@@ -86,12 +96,13 @@ pub(crate) fn loggable(batch: &[WriteOp]) -> bool {
             _ => {}
         }
     }
-    bytes <= MAX_LOGGED_BATCH
+    bytes <= MAX_RECORD
 }
 
 impl Wal {
     /// Opens (or creates) the log. Nothing is read until [`replay`](Self::replay).
     pub(crate) fn open(path: &Path, faults: FaultSwitch) -> Result<Wal, StoreError> {
+        let created = !path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -103,6 +114,12 @@ impl Wal {
             .metadata()
             .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?
             .len();
+        if created && let Some(dir) = path.parent() {
+            // The new file's name must survive a power loss as well as what is written to it.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::Open(dir.to_path_buf(), e.to_string()))?;
+        }
         Ok(Wal {
             file,
             path: path.to_path_buf(),
@@ -110,6 +127,7 @@ impl Wal {
             initialized,
             next_lsn: 1,
             store_id: 0,
+            replayed_once: false,
             faults,
             buf: Vec::new(),
         })
@@ -137,19 +155,36 @@ impl Wal {
             (get(STORE_ID_SETTING)?, get(WAL_LSN_SETTING)?)
         };
         self.store_id = store_id;
+        // Within one process the log's valid end is known: a record after it failed and was not
+        // acknowledged, even if taking it back failed. A fresh process reads to the first gap.
+        let limit = if self.replayed_once {
+            self.len
+        } else {
+            u64::MAX
+        };
         let mut file = &self.file;
         file.seek(SeekFrom::Start(0))?;
-        let mut reader = io::BufReader::new(file);
+        let mut reader = io::BufReader::new(file).take(limit);
         let mut replayed = 0;
         let txn = db.begin_write()?;
-        {
+        let stop = {
             let mut t = Tables::open(&txn, layout)?;
-            while let Some((lsn, ops)) = read_record(&mut reader, store_id) {
+            let stop = loop {
+                let (lsn, ops) = match read_record(&mut reader, store_id)? {
+                    Next::Record(lsn, ops) => (lsn, ops),
+                    other => break other,
+                };
+                // Records at most the database's LSN are durable in it already: skipped before
+                // the first one applied; after it they are what a checkpoint left behind the
+                // newer records, and the log ends there.
                 if lsn <= applied {
-                    continue;
+                    if replayed == 0 {
+                        continue;
+                    }
+                    break Next::End;
                 }
                 if lsn != applied + 1 {
-                    break;
+                    break Next::Damaged;
                 }
                 for op in ops {
                     match op {
@@ -163,17 +198,34 @@ impl Wal {
                 }
                 applied = lsn;
                 replayed += 1;
-            }
+            };
             txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, applied)?;
-        }
+            stop
+        };
         txn.commit()?;
+        let offset = reader.get_mut().stream_position().unwrap_or(0);
         drop(reader);
+        if matches!(stop, Next::Damaged) {
+            // A batch torn by a crash (never acknowledged), the remains of records a checkpoint
+            // made obsolete, or damage.
+            tracing::info!(path = %self.path.display(), offset, lsn = applied,
+                "write-ahead log replay stopped at a record that is torn, obsolete or damaged");
+        }
         if replayed > 0 {
             tracing::info!(path = %self.path.display(), records = replayed, lsn = applied,
                 "replayed the write-ahead log");
         }
+        // Everything replayed is durable in the database now. Whatever the log still holds
+        // after it (a damaged record and the records it hid) must never be replayed after newer
+        // ones reuse its sequence numbers: empty the file, durably.
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| StoreError::Storage(format!("cannot empty the write-ahead log: {e}")))?;
+        self.initialized = 0;
+        self.len = 0;
+        self.replayed_once = true;
         self.next_lsn = applied + 1;
-        self.reset();
         Ok(replayed)
     }
 
@@ -223,13 +275,6 @@ impl Wal {
             "cannot write the write-ahead log {}: {e}",
             self.path.display()
         ))
-    }
-
-    /// Takes back the last appended record: its transaction failed to commit.
-    pub(crate) fn unappend(&mut self) {
-        self.len -= self.buf.len() as u64;
-        self.next_lsn -= 1;
-        self.cut_back();
     }
 
     /// Overwrites the header of a record that must not be replayed (at `self.len`) with zeros,
@@ -340,21 +385,43 @@ fn put_name(buf: &mut Vec<u8>, job: &JobId, name: &str) {
     buf.extend_from_slice(name.as_bytes());
 }
 
-/// The next whole, intact record of this store, or `None` at the end of the valid log.
-fn read_record(r: &mut impl Read, store_id: u64) -> Option<(u64, Vec<Logged>)> {
+/// What the log holds at the reading position.
+enum Next {
+    Record(u64, Vec<Logged>),
+    /// Zeros or the end of the file: where appends stopped.
+    End,
+    /// A torn, damaged or foreign record.
+    Damaged,
+}
+
+/// Reads the next record of this store. I/O errors are errors, not the end of the log: an
+/// acknowledged record must not be skipped because a read failed.
+fn read_record(r: &mut impl Read, store_id: u64) -> io::Result<Next> {
     let mut header = [0u8; HEADER];
-    r.read_exact(&mut header).ok()?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as u64;
-    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    if !(20..=MAX_LOGGED_BATCH * 2 + 1024 * 1024).contains(&len) {
-        return None;
+    match r.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Next::End),
+        Err(e) => return Err(e),
+    }
+    if header == [0; HEADER] {
+        return Ok(Next::End);
+    }
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as u64;
+    let crc = u32::from_le_bytes([c0, c1, c2, c3]);
+    if !(BODY_HEADER..=MAX_RECORD).contains(&len) {
+        return Ok(Next::Damaged);
     }
     let mut body = Vec::new();
-    r.take(len).read_to_end(&mut body).ok()?;
+    r.take(len).read_to_end(&mut body)?;
     if body.len() as u64 != len || crc::update(0, &body) != crc {
-        return None;
+        return Ok(Next::Damaged);
     }
-    let mut d = Decoder(&body);
+    Ok(decode(&body, store_id).map_or(Next::Damaged, |(lsn, ops)| Next::Record(lsn, ops)))
+}
+
+fn decode(body: &[u8], store_id: u64) -> Option<(u64, Vec<Logged>)> {
+    let mut d = Decoder(body);
     if d.u64()? != store_id {
         return None;
     }
@@ -605,5 +672,77 @@ mod tests {
             );
             assert!(recovered.verify().unwrap().is_clean(), "round {round}");
         }
+    }
+
+    #[test]
+    fn records_hidden_behind_a_damaged_one_never_come_back_after_newer_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, first, second) = (
+            dir.path().join("live"),
+            dir.path().join("first"),
+            dir.path().join("second"),
+        );
+        let job = JobId::from_parts(3, 4);
+        let named = BlobId::Named(job, "xx".into());
+        let value = |v: u8| vec![v; 3000];
+        let store = BlobStore::open(&live).unwrap();
+        for v in 1..=5 {
+            put_named(&store, job, "xx", &value(v));
+        }
+        crash_copy(&live, &first, true);
+        // Damage record 2: replay applies record 1 and stops.
+        let mut log = fs::read(first.join(WAL_FILE)).unwrap();
+        let len1 = u32::from_le_bytes(log[..4].try_into().unwrap()) as usize + 8;
+        log[len1 + 20] ^= 0xff;
+        fs::write(first.join(WAL_FILE), &log).unwrap();
+        let store = BlobStore::open(&first).unwrap();
+        assert_eq!(store.get_bytes(&named).unwrap(), Some(value(1)));
+        // A newer acknowledged write takes sequence number 2 again, and is exactly as long as
+        // the old records 1 and 2: if the old ones were still in the file, record 3 would follow
+        // it in sequence and be replayed over it.
+        let newer = vec![9u8; 3000 + len1];
+        put_named(&store, job, "xx", &newer);
+        crash_copy(&first, &second, true);
+        let recovered = BlobStore::open(&second).unwrap();
+        assert_eq!(recovered.get_bytes(&named).unwrap(), Some(newer));
+        assert!(recovered.verify().unwrap().is_clean());
+    }
+
+    #[test]
+    fn what_is_logged_fits_what_replay_accepts() {
+        use crate::store::oneshot;
+        use crate::store::writer::WriteOp;
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let put = |n: usize| {
+            let mut u = store.upload();
+            u.write(&vec![1u8; n]).unwrap();
+            WriteOp::Put {
+                blob: u.finish().unwrap(),
+                target: PutTarget::Named(JobId::from_parts(1, 1), "n".repeat(64)),
+                local_only: false,
+                reply: oneshot::channel().0,
+            }
+        };
+        let delete = || WriteOp::Delete {
+            target: DeleteTarget::Named(JobId::from_parts(1, 1), "n".repeat(64)),
+            reply: oneshot::channel().0,
+        };
+        // The largest batch of puts the log takes, and the same with many deletes besides.
+        let mut batch: Vec<WriteOp> = (0..16).map(|_| put(64 * 1024)).collect();
+        assert!(super::loggable(&batch));
+        let mut buf = Vec::new();
+        super::encode(&mut buf, 7, 1, &batch).unwrap();
+        assert!(buf.len() as u64 - super::HEADER as u64 <= super::MAX_RECORD);
+        assert!(matches!(
+            super::read_record(&mut buf.as_slice(), 7).unwrap(),
+            super::Next::Record(1, ops) if ops.len() == 16
+        ));
+        batch.extend((0..1000).map(|_| delete()));
+        assert!(!super::loggable(&batch));
+        assert!(!super::loggable(
+            &(0..20_000).map(|_| delete()).collect::<Vec<_>>()
+        ));
+        assert!(!super::loggable(&[put(64 * 1024 + 1)]));
     }
 }

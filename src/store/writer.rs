@@ -158,15 +158,21 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
             outcomes = result.inspect_err(|_| wal.abandon())?;
             applied = start.elapsed();
             wal.sync()?;
-            if let Err(e) = txn.commit() {
-                wal.unappend();
-                return Err(e.into());
-            }
-            if wal.len() >= wal::CHECKPOINT_BYTES
-                && let Err(e) = wal::checkpoint(&db, &mut wal)
-            {
-                // The batch is durable in the log; the next open replays it.
+            // A failed commit may still have been applied (redb: "must not be assumed rolled
+            // back"), so the record stays: replay applies it only if the database lacks it.
+            // The client gets an error either way: the outcome is unknown, as after any
+            // storage failure.
+            txn.commit()?;
+            let checkpoint = if wal.len() >= wal::CHECKPOINT_BYTES {
+                wal::checkpoint(&db, &mut wal)
+            } else {
+                Ok(())
+            };
+            drop(wal);
+            if let Err(e) = checkpoint {
+                // The batch is durable in the log; reopening replays it.
                 tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
+                shared.invalidate();
             }
         }
         None => {
