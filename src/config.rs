@@ -87,6 +87,22 @@ impl Configuration {
     }
 
     /// Like Flink: a value below `min` logs a warning and falls back to `default`.
+    /// Like [`get_at_least`](Self::get_at_least), and a value above `max` is capped at it.
+    pub(crate) fn get_between(
+        &self,
+        key: &str,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
+        let v = self.get_at_least(key, min, default)?;
+        if v > max {
+            tracing::warn!(key, value = v, max, "value too large; using the maximum");
+            return Ok(max);
+        }
+        Ok(v)
+    }
+
     pub(crate) fn get_at_least(
         &self,
         key: &str,
@@ -141,15 +157,23 @@ impl std::str::FromStr for PortRange {
     }
 }
 
+/// Most worker threads a server starts: a larger `blob.fetch.num-concurrent` (a typo, say) would
+/// be a storm of threads.
+pub const MAX_NUM_CONCURRENT: usize = 4096;
+/// Longest queue of accepted connections: the queue's slots are allocated up front.
+pub const MAX_BACKLOG: usize = 65536;
+
 /// How a [`BlobServer`](crate::server::BlobServer) serves.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Address to bind (default 127.0.0.1; the original bound every interface).
     pub bind: IpAddr,
     pub ports: PortRange,
-    /// Worker threads: connections served at once (`blob.fetch.num-concurrent`, default 50).
+    /// Worker threads: connections served at once (`blob.fetch.num-concurrent`, default 50;
+    /// 1..=[`MAX_NUM_CONCURRENT`]).
     pub num_concurrent: usize,
-    /// Accepted connections waiting for a worker (`blob.fetch.backlog`, default 1000).
+    /// Accepted connections waiting for a worker (`blob.fetch.backlog`, default 1000;
+    /// 1..=[`MAX_BACKLOG`]).
     pub backlog: usize,
     /// Longest wait for a client's next bytes, between or inside requests; then the connection
     /// is closed so a stalled peer cannot hold a worker.
@@ -175,13 +199,42 @@ impl ServerConfig {
     /// Reads `blob.fetch.num-concurrent`, `blob.fetch.backlog` and `blob.server.port`.
     pub fn from_config(c: &Configuration) -> Result<Self, ConfigError> {
         let mut s = ServerConfig {
-            num_concurrent: c.get_at_least(keys::FETCH_CONCURRENT, 1, 50)? as usize,
-            backlog: c.get_at_least(keys::FETCH_BACKLOG, 1, 1000)? as usize,
+            num_concurrent: c.get_between(
+                keys::FETCH_CONCURRENT,
+                1,
+                MAX_NUM_CONCURRENT as i64,
+                50,
+            )? as usize,
+            backlog: c.get_between(keys::FETCH_BACKLOG, 1, MAX_BACKLOG as i64, 1000)? as usize,
             ..ServerConfig::default()
         };
         if let Some(p) = c.get(keys::SERVER_PORT) {
             s.ports = p.parse()?;
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_and_backlog_sizes_are_bounded_both_ways() {
+        let mut c = Configuration::new();
+        c.set(keys::FETCH_CONCURRENT, 1_000_000_000)
+            .set(keys::FETCH_BACKLOG, i64::MAX);
+        let s = ServerConfig::from_config(&c).unwrap();
+        assert_eq!(
+            (s.num_concurrent, s.backlog),
+            (MAX_NUM_CONCURRENT, MAX_BACKLOG)
+        );
+        c.set(keys::FETCH_CONCURRENT, 0)
+            .set(keys::FETCH_BACKLOG, -5);
+        let s = ServerConfig::from_config(&c).unwrap();
+        assert_eq!((s.num_concurrent, s.backlog), (50, 1000));
+        c.set(keys::FETCH_CONCURRENT, 7).set(keys::FETCH_BACKLOG, 9);
+        let s = ServerConfig::from_config(&c).unwrap();
+        assert_eq!((s.num_concurrent, s.backlog), (7, 9));
     }
 }

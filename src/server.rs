@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, SendTimeoutError, bounded};
 
-use crate::config::ServerConfig;
+use crate::config::{MAX_BACKLOG, MAX_NUM_CONCURRENT, ServerConfig};
 use crate::key::BlobId;
 use crate::protocol::{self, ProtocolError, PutTarget, Request, RequestDecoder, RequestEvent};
 use crate::store::{BlobReader, BlobStore, StoreError, Upload};
@@ -65,7 +65,20 @@ impl BlobServer {
     pub fn start(store: BlobStore, config: ServerConfig) -> Result<BlobServer, ServerError> {
         let listener = bind(&config)?;
         let addr = listener.local_addr()?;
-        let (tx, rx) = bounded::<(u64, TcpStream)>(config.backlog.max(1));
+        let mut config = config;
+        let (workers, backlog) = (
+            config.num_concurrent.clamp(1, MAX_NUM_CONCURRENT),
+            config.backlog.clamp(1, MAX_BACKLOG),
+        );
+        if (workers, backlog) != (config.num_concurrent, config.backlog) {
+            tracing::warn!(
+                workers,
+                backlog,
+                "worker count or backlog out of range; clamped"
+            );
+            (config.num_concurrent, config.backlog) = (workers, backlog);
+        }
+        let (tx, rx) = bounded::<(u64, TcpStream)>(config.backlog);
         let ctx = Arc::new(Ctx {
             store,
             config,
@@ -75,7 +88,7 @@ impl BlobServer {
             drop_next: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(ctx.config.num_concurrent);
-        for i in 0..ctx.config.num_concurrent.max(1) {
+        for i in 0..ctx.config.num_concurrent {
             let (ctx, rx) = (Arc::clone(&ctx), rx.clone());
             workers.push(
                 std::thread::Builder::new()

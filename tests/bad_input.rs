@@ -418,3 +418,16 @@ fn random_garbage() {
     let report = s.store().verify().unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
+
+/// A backlog of `usize::MAX` once meant a queue allocated up front: an abort at start.
+#[test]
+fn an_absurd_backlog_is_clamped_and_the_server_serves() {
+    let srv = TestServer::start_config(blobvault::config::ServerConfig {
+        num_concurrent: 2,
+        backlog: usize::MAX,
+        ..Default::default()
+    });
+    let mut c = blobvault::BlobClient::connect(srv.addr()).unwrap();
+    let key = c.put(b"still here").unwrap();
+    assert_eq!(c.get_bytes(&BlobId::Content(key)).unwrap(), b"still here");
+}
