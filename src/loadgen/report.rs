@@ -1,0 +1,268 @@
+//! The figures of a run and their formatting: the text report, the side-by-side comparison of
+//! `--compare`, and JSON (`--json`).
+
+use std::fmt::Write as _;
+
+/// Figures of one phase.
+#[derive(Debug, Clone)]
+pub struct PhaseReport {
+    pub name: String,
+    pub ops: u64,
+    pub errors: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Latency percentiles in microseconds: p50, p99, p999, max.
+    pub latency_us: [f64; 4],
+    pub first_error: Option<String>,
+}
+
+impl PhaseReport {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+}
+
+/// Size of the store against what it holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreBytes {
+    /// Length of the database file. redb grows it by doubling (up to 4 GiB regions), so this
+    /// jumps by 2x at thresholds; the part not yet used is sparse.
+    pub file: u64,
+    /// Blocks the database file occupies on disk.
+    pub disk: u64,
+    /// Bytes of distinct content stored.
+    pub payload: u64,
+}
+
+/// The whole report of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// What served: `blobvault`, `files` or `files-fsync` (in-process), or `external`.
+    pub target: String,
+    pub server: String,
+    pub in_process: bool,
+    pub durable: Option<bool>,
+    pub size: String,
+    pub count: u64,
+    pub connections: usize,
+    pub named: bool,
+    pub java_client: bool,
+    pub phases: Vec<PhaseReport>,
+    pub dd_mb_per_sec: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+    /// Figures of the store after the put phase (in-process server).
+    pub store_bytes: Option<StoreBytes>,
+    pub reopen_ms: Option<f64>,
+}
+
+/// Ops/s of `b` against `a`, phase by phase.
+pub(super) fn format_comparison(a: &Report, b: &Report) -> String {
+    let mut s = format!("\n{} vs {} (ops/s ratio):\n", a.target, b.target);
+    for pa in &a.phases {
+        if let Some(pb) = b.phases.iter().find(|p| p.name == pa.name) {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:>10.0} vs {:>10.0}  = {:.2}x",
+                pa.name,
+                pa.ops_per_sec(),
+                pb.ops_per_sec(),
+                pa.ops_per_sec() / pb.ops_per_sec().max(1e-9)
+            );
+        }
+    }
+    s
+}
+
+/// The human-readable report.
+pub fn format_text(r: &Report) -> String {
+    let mut s = String::new();
+    let mode = match (r.in_process, r.durable) {
+        (true, Some(true)) => "in-process server, durable (fsync)",
+        (true, _) => "in-process server, no fsync",
+        _ => "external server",
+    };
+    let _ = writeln!(
+        s,
+        "[{}] {} {}, {} connection(s), size {}, {}{}",
+        r.target,
+        r.count,
+        if r.named { "named blobs" } else { "blobs" },
+        r.connections,
+        r.size,
+        mode,
+        if r.java_client {
+            ", Java-style client (small writes, Nagle on)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(s, "server {}", r.server);
+    let _ = writeln!(
+        s,
+        "{:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
+        "phase", "ops", "ops/s", "MB/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "errors"
+    );
+    for p in &r.phases {
+        let _ = writeln!(
+            s,
+            "{:<9} {:>9} {:>11.0} {:>10.1} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7}",
+            p.name,
+            p.ops,
+            p.ops_per_sec(),
+            p.mb_per_sec(),
+            p.latency_us[0] / 1e3,
+            p.latency_us[1] / 1e3,
+            p.latency_us[2] / 1e3,
+            p.latency_us[3] / 1e3,
+            p.errors
+        );
+        if let Some(e) = &p.first_error {
+            let _ = writeln!(s, "          first error: {e}");
+        }
+    }
+    if let Some(d) = r.dd_mb_per_sec {
+        let _ = writeln!(s, "dd conv=fdatasync: {d:.1} MB/s");
+        if let Some(p) = r.phases.iter().find(|p| p.name == "put") {
+            let _ = writeln!(s, "  put / dd: {:.0}%", 100.0 * p.mb_per_sec() / d);
+        }
+    }
+    let raw_down = r.phases.iter().find(|p| p.name == "raw-down");
+    if let (Some(raw), Some(get)) = (raw_down, r.phases.iter().find(|p| p.name == "get")) {
+        let _ = writeln!(
+            s,
+            "get / raw-down: {:.0}%",
+            100.0 * get.mb_per_sec() / raw.mb_per_sec().max(1e-9)
+        );
+    }
+    if let Some(b) = r.store_bytes {
+        let p = b.payload.max(1) as f64;
+        let _ = writeln!(
+            s,
+            "store after put: payload {} bytes; on disk {} bytes ({:.3}x); file length {} bytes ({:.3}x)",
+            b.payload,
+            b.disk,
+            b.disk as f64 / p,
+            b.file,
+            b.file as f64 / p
+        );
+    }
+    if let Some(rss) = r.peak_rss_bytes {
+        let _ = writeln!(s, "peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
+    }
+    if let Some(ms) = r.reopen_ms {
+        let _ = writeln!(s, "reopen after clean stop: {ms:.1} ms");
+    }
+    s
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// A JSON number (non-finite values become `null`).
+fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The report as one JSON object (hand-written: no serde).
+pub fn format_json(r: &Report) -> String {
+    let mut s = String::from("{");
+    let _ = write!(
+        s,
+        "\"target\":{},\"server\":{},\"in_process\":{},\"durable\":{},\"size\":{},\"count\":{},\"connections\":{},\"named\":{},\"java_client\":{},\"phases\":[",
+        json_str(&r.target),
+        json_str(&r.server),
+        r.in_process,
+        r.durable.map_or("null".into(), |d| d.to_string()),
+        json_str(&r.size),
+        r.count,
+        r.connections,
+        r.named,
+        r.java_client
+    );
+    for (i, p) in r.phases.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "{{\"name\":{},\"ops\":{},\"errors\":{},\"bytes\":{},\"seconds\":{},\"ops_per_sec\":{},\"mb_per_sec\":{},\"latency_us\":{{\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{}}}",
+            json_str(&p.name),
+            p.ops,
+            p.errors,
+            p.bytes,
+            json_num(p.seconds),
+            json_num(p.ops_per_sec()),
+            json_num(p.mb_per_sec()),
+            json_num(p.latency_us[0]),
+            json_num(p.latency_us[1]),
+            json_num(p.latency_us[2]),
+            json_num(p.latency_us[3]),
+        );
+        if let Some(e) = &p.first_error {
+            let _ = write!(s, ",\"first_error\":{}", json_str(e));
+        }
+        s.push('}');
+    }
+    s.push(']');
+    let opt = |x: Option<f64>| x.map_or("null".to_string(), json_num);
+    let _ = write!(
+        s,
+        ",\"dd_mb_per_sec\":{},\"peak_rss_bytes\":{},\"reopen_ms\":{}",
+        opt(r.dd_mb_per_sec),
+        r.peak_rss_bytes.map_or("null".into(), |b| b.to_string()),
+        opt(r.reopen_ms)
+    );
+    match r.store_bytes {
+        Some(b) => {
+            let p = b.payload.max(1) as f64;
+            let _ = write!(
+                s,
+                ",\"store\":{{\"file_bytes\":{},\"disk_bytes\":{},\"payload_bytes\":{},\"file_ratio\":{},\"disk_ratio\":{}}}",
+                b.file,
+                b.disk,
+                b.payload,
+                json_num(b.file as f64 / p),
+                json_num(b.disk as f64 / p)
+            );
+        }
+        None => s.push_str(",\"store\":null"),
+    }
+    s.push('}');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes() {
+        assert_eq!(json_str("a\"b\\\n\u{1}"), "\"a\\\"b\\\\\\n\\u0001\"");
+        assert_eq!(json_num(f64::NAN), "null");
+    }
+}
