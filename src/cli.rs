@@ -94,6 +94,12 @@ enum Cmd {
         #[arg(long, short = 'd')]
         dir: Option<PathBuf>,
     },
+    /// Compact a store directory that no server has open: give back the free space at the end
+    /// of its file.
+    Compact {
+        #[arg(long, short = 'd')]
+        dir: Option<PathBuf>,
+    },
     /// Load generator over the wire protocol.
     Bench(crate::loadgen::BenchArgs),
     /// Inspect or purge a recovery directory.
@@ -176,6 +182,7 @@ pub fn main() -> i32 {
         Cmd::Ls { dir } => ls(dir),
         Cmd::Stat { dir } => stat(dir),
         Cmd::Verify { dir } => return verify(dir),
+        Cmd::Compact { dir } => compact(dir),
         Cmd::Bench(a) => crate::loadgen::run_cli(&a),
         Cmd::Recovery { cmd } => recovery(cmd),
     };
@@ -359,6 +366,12 @@ fn stat(dir: Option<PathBuf>) -> CliResult {
     println!("chunks         {}", s.chunks);
     println!("chunk size     {}", s.chunk_size);
     println!("file bytes     {}", s.file_bytes);
+    Ok(())
+}
+
+fn compact(dir: Option<PathBuf>) -> CliResult {
+    let (before, after) = BlobStore::compact(dir.unwrap_or_else(default_data_dir))?;
+    println!("file bytes     {before} -> {after}");
     Ok(())
 }
 

@@ -577,6 +577,26 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Compacts the closed store in `dir` (redb's `compact`): pages move towards the start of
+    /// the file and the free space at its end is given back, so the file's length comes down to
+    /// about the space it uses. Offline: fails while the store is open anywhere. Returns the
+    /// file's length before and after.
+    pub fn compact(dir: impl Into<PathBuf>) -> Result<(u64, u64), StoreError> {
+        let dir = dir.into();
+        // An open replays the write-ahead log, and a clean close leaves nothing in it.
+        drop(StoreOptions::new(&dir).open()?);
+        let path = dir.join(DB_FILE);
+        let len = |p: &Path| fs::metadata(p).map(|m| m.len());
+        let before = len(&path)?;
+        let mut b = Database::builder();
+        b.set_cache_size(64 * 1024 * 1024);
+        let mut db = open_db_file(&path, &b, &FaultSwitch::new())?;
+        db.compact()
+            .map_err(|e| StoreError::Storage(format!("compaction failed: {e}")))?;
+        drop(db);
+        Ok((before, len(&path)?))
+    }
+
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let txn = self.db()?.begin_read()?;
         let content = txn.open_table(CONTENT)?;
