@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every speed target of BENCHMARKS.md with `blobvault bench`, one after the other, and
 # prints each command before its report. Build first: cargo build --release.
-# Usage: benches/targets.sh [path/to/blobvault]   (takes about 5 minutes)
+# Usage: benches/targets.sh [path/to/blobvault]   (takes about 7 minutes)
 set -euo pipefail
 B=${1:-target/release/blobvault}
 export RUST_LOG=warn
@@ -14,6 +14,10 @@ echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  nproc: $(nproc)  cpu: $(grep -m1 'model
 
 # PUT and GET 4 KiB over 8 connections, durable; the Java-style client (small writes, Nagle on).
 run bench -q -n 20000 -s 4KiB -c 8
+# … and against the file-per-blob baseline with fsync, three times (the baseline swings).
+for _ in 1 2 3; do
+    run bench -q -n 20000 -s 4KiB -c 8 --phases put,get --compare files-fsync
+done
 run bench -q -n 2000 -s 4KiB -c 1 --java-client
 
 # 256 MiB: GET against raw loopback TCP, PUT against dd conv=fdatasync (same run, same disk).
@@ -24,6 +28,19 @@ done
 
 # Space: 10,000 blobs of the JAR-like mix.
 run bench -q -n 10000 -s jar -c 8 --phases put,get
+# … and the file's length after a clean stop and `blobvault compact`.
+dir=$(mktemp -d)
+port=$((50000 + RANDOM % 10000))
+"$B" serve -d "$dir" -p "$port" >/dev/null 2>&1 &
+pid=$!
+sleep 1
+run bench -q --server "127.0.0.1:$port" -n 10000 -s jar -c 8 --phases put
+kill -INT "$pid"
+wait "$pid" 2>/dev/null || true
+run stat -d "$dir"
+run compact -d "$dir"
+echo "on disk: $(du -B1 "$dir/blobs.redb" | cut -f1) bytes"
+rm -rf "$dir"
 
 # Peak RSS of a separate server process: 16 connections each streaming 256 MiB up and down.
 dir=$(mktemp -d)
