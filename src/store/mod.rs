@@ -303,6 +303,7 @@ impl BlobStore {
 
     pub fn open_with(opts: StoreOptions) -> Result<BlobStore, StoreError> {
         limit_malloc_arenas();
+        let created_dir = !opts.dir.exists();
         fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
         // Every open of a store on disk replays its log, durable or not: a store last used
@@ -337,6 +338,14 @@ impl BlobStore {
             Ok(db)
         })?;
         let layout = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
+        if opts.memory.is_none() {
+            // The names of the database and the log must survive a power loss as well as what
+            // is written to them: a lost database file would orphan the log's records.
+            sync_dir(&opts.dir)?;
+            if created_dir && let Some(parent) = opts.dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let spool_dir = opts.dir.join(SPOOL_DIR);
         spool::clean_spool_dir(&spool_dir)
             .map_err(|e| StoreError::Open(spool_dir.clone(), e.to_string()))?;
@@ -456,6 +465,9 @@ impl BlobStore {
     /// Deleting by key removes the content-addressed entry only: named blobs with the same bytes
     /// keep them.
     pub fn delete(&self, target: DeleteTarget) -> Result<u64, StoreError> {
+        if let DeleteTarget::Named(_, name) = &target {
+            check_name(name)?;
+        }
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::Delete { target, reply })?;
         rx.recv().map_err(|_| StoreError::Closed)?
@@ -463,6 +475,9 @@ impl BlobStore {
 
     /// Local deletion only, never touching the recovery store (a worker dropping its copy).
     pub fn delete_local(&self, target: DeleteTarget) -> Result<u64, StoreError> {
+        if let DeleteTarget::Named(_, name) = &target {
+            check_name(name)?;
+        }
         let (reply, rx) = oneshot::channel();
         self.send(WriteOp::DeleteLocal { target, reply })?;
         rx.recv().map_err(|_| StoreError::Closed)?
@@ -583,6 +598,9 @@ impl BlobStore {
     /// file's length before and after.
     pub fn compact(dir: impl Into<PathBuf>) -> Result<(u64, u64), StoreError> {
         let dir = dir.into();
+        if !dir.join(DB_FILE).is_file() {
+            return Err(StoreError::Open(dir, "no store here".into()));
+        }
         // An open replays the write-ahead log, and a clean close leaves nothing in it.
         drop(StoreOptions::new(&dir).open()?);
         let path = dir.join(DB_FILE);
@@ -707,6 +725,12 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
     }
     txn.commit()?;
     Ok(layout)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Open(dir.to_path_buf(), e.to_string()))
 }
 
 /// A store id: not secret, only unlikely to repeat (the hasher's keys are random per process).

@@ -44,7 +44,9 @@ const MAX_RECORD: u64 = MAX_LOGGED_BATCH + 64 * 1024;
 /// Store id, LSN, operation count.
 const BODY_HEADER: u64 = 20;
 /// Most bytes an operation takes besides its blob: kind, job, name length, name, key, length.
-const OP_OVERHEAD: u64 = 1 + 16 + 1 + 64 + 20 + 8;
+const OP_OVERHEAD: u64 = 1 + 16 + 1 + MAX_NAME as u64 + 20 + 8;
+/// Longest name a record holds (`key::check_name`).
+const MAX_NAME: usize = 64;
 const HEADER: usize = 8;
 /// The log file grows (zero-filled) in steps of this.
 const GROW_STEP: u64 = 1024 * 1024;
@@ -92,6 +94,19 @@ pub(crate) fn loggable(batch: &[WriteOp]) -> bool {
                 local_only: true, ..
             } => return false,
             WriteOp::Put { blob, .. } if blob.len() > MAX_LOGGED_BLOB => return false,
+            // The store checks names before they get here; the record's format relies on it.
+            WriteOp::Put {
+                target: PutTarget::Named(_, name),
+                ..
+            }
+            | WriteOp::Delete {
+                target: DeleteTarget::Named(_, name),
+                ..
+            }
+            | WriteOp::DeleteLocal {
+                target: DeleteTarget::Named(_, name),
+                ..
+            } if name.len() > MAX_NAME => return false,
             WriteOp::Put { blob, .. } => bytes += blob.len(),
             _ => {}
         }
@@ -102,7 +117,6 @@ pub(crate) fn loggable(batch: &[WriteOp]) -> bool {
 impl Wal {
     /// Opens (or creates) the log. Nothing is read until [`replay`](Self::replay).
     pub(crate) fn open(path: &Path, faults: FaultSwitch) -> Result<Wal, StoreError> {
-        let created = !path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,12 +128,6 @@ impl Wal {
             .metadata()
             .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?
             .len();
-        if created && let Some(dir) = path.parent() {
-            // The new file's name must survive a power loss as well as what is written to it.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| StoreError::Open(dir.to_path_buf(), e.to_string()))?;
-        }
         Ok(Wal {
             file,
             path: path.to_path_buf(),
@@ -264,9 +272,11 @@ impl Wal {
         Ok(())
     }
 
-    /// Drops the record of [`begin`](Self::begin): its batch was not applied.
-    pub(crate) fn abandon(&mut self) {
-        self.cut_back();
+    /// Drops the record of [`begin`](Self::begin): its batch was not applied. `false` if the
+    /// record could not be taken back: then the database must be reopened (which replays the
+    /// log up to its known end, then empties it) before anything else is logged.
+    pub(crate) fn abandon(&mut self) -> bool {
+        self.cut_back()
     }
 
     fn failed(&self, e: io::Error) -> StoreError {
@@ -279,15 +289,16 @@ impl Wal {
 
     /// Overwrites the header of a record that must not be replayed (at `self.len`) with zeros,
     /// which end the valid log.
-    fn cut_back(&self) {
-        if let Err(e) = self
+    fn cut_back(&self) -> bool {
+        let result = self
             .file
             .write_all_at(&[0; HEADER], self.len)
-            .and_then(|()| self.file.sync_data())
-        {
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = &result {
             tracing::error!(path = %self.path.display(), error = %e,
-                "cannot take back a failed batch from the write-ahead log; it may reappear at the next open");
+                "cannot take back a failed batch from the write-ahead log");
         }
+        result.is_ok()
     }
 
     /// Starts the log over: a durable database commit now holds everything in it. The first
@@ -744,5 +755,14 @@ mod tests {
             &(0..20_000).map(|_| delete()).collect::<Vec<_>>()
         ));
         assert!(!super::loggable(&[put(64 * 1024 + 1)]));
+        // Names longer than the protocol's 64 bytes never reach a record.
+        let long = DeleteTarget::Named(JobId::from_parts(1, 1), "n".repeat(65));
+        assert!(store.delete(long.clone()).is_err());
+        assert!(store.delete_local(long.clone()).is_err());
+        let (reply, _) = oneshot::channel();
+        assert!(!super::loggable(&[WriteOp::Delete {
+            target: long,
+            reply
+        }]));
     }
 }

@@ -155,7 +155,12 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
                 txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, lsn)?;
                 Ok(o)
             });
-            outcomes = result.inspect_err(|_| wal.abandon())?;
+            // A record that cannot be taken back must not outlive this process's reopen, which
+            // a storage error brings about (see Wal::abandon).
+            outcomes = result.map_err(|e| match wal.abandon() {
+                true => e,
+                false => StoreError::Storage(format!("{e}; the log could not take it back")),
+            })?;
             applied = start.elapsed();
             wal.sync()?;
             // A failed commit may still have been applied (redb: "must not be assumed rolled
