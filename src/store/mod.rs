@@ -263,14 +263,7 @@ pub(crate) fn open_db_file(
     builder: &redb::Builder,
     faults: &FaultSwitch,
 ) -> Result<Database, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
-    let file = redb::backends::FileBackend::new(file)
+    let file = redb::backends::FileBackend::new(open_rw(path)?)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
     builder
         .create_with_backend(faults::FaultyBackend::new(file, faults.clone()))
@@ -725,6 +718,17 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
     }
     txn.commit()?;
     Ok(layout)
+}
+
+/// Opens `path` for reading and writing, creating it if missing.
+pub(crate) fn open_rw(path: &Path) -> Result<fs::File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

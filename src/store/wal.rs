@@ -13,7 +13,7 @@
 //! after the last durable commit, in order: it stops at the first record that is torn, fails its
 //! CRC, belongs to another store, or does not continue the sequence.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -117,13 +117,7 @@ pub(crate) fn loggable(batch: &[WriteOp]) -> bool {
 impl Wal {
     /// Opens (or creates) the log. Nothing is read until [`replay`](Self::replay).
     pub(crate) fn open(path: &Path, faults: FaultSwitch) -> Result<Wal, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+        let file = super::open_rw(path)?;
         let initialized = file
             .metadata()
             .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?
