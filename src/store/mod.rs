@@ -679,36 +679,37 @@ pub fn limit_malloc_arenas() {
 /// CRC-32C); returns the store's layout. A store created before checksums keeps chunks without.
 pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, StoreError> {
     let txn = db.begin_write()?;
-    let layout = {
+    let (layout, created) = {
         txn.open_table(CONTENT)?;
         txn.open_table(NAMED)?;
         txn.open_table(CHUNKS)?;
         let mut settings = txn.open_table(SETTINGS)?;
         let existing = settings.get(CHUNK_SIZE_SETTING)?.map(|v| v.value());
-        match existing {
+        let (layout, mut created) = match existing {
             Some(chunk_size) => {
                 let format = settings.get(CHUNK_FORMAT_SETTING)?.map(|v| v.value());
-                Layout {
+                let layout = Layout {
                     chunk_size,
                     checksums: format == Some(CHUNK_FORMAT_CRC),
-                }
+                };
+                (layout, false)
             }
             None => {
                 settings.insert(CHUNK_SIZE_SETTING, chunk_size)?;
                 settings.insert(CHUNK_FORMAT_SETTING, CHUNK_FORMAT_CRC)?;
-                Layout {
+                let layout = Layout {
                     chunk_size,
                     checksums: true,
-                }
+                };
+                (layout, true)
             }
-        }
-    };
-    {
-        let mut settings = txn.open_table(SETTINGS)?;
+        };
         if settings.get(STORE_ID_SETTING)?.is_none() {
             settings.insert(STORE_ID_SETTING, random_id())?;
+            created = true;
         }
-    }
+        (layout, created)
+    };
     // A value holds at most one chunk: redb's limit is far above this, and 0 would mean no chunks.
     if layout.chunk_size == 0 || layout.chunk_size > MAX_CHUNK_SIZE {
         return Err(StoreError::Storage(format!(
@@ -716,7 +717,12 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
             layout.chunk_size
         )));
     }
-    txn.commit()?;
+    // An existing store's schema is read, not rewritten: no commit (and no fsync) per open.
+    if created {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
     Ok(layout)
 }
 

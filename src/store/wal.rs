@@ -201,10 +201,16 @@ impl Wal {
                 applied = lsn;
                 replayed += 1;
             };
-            txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, applied)?;
+            if replayed > 0 {
+                txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, applied)?;
+            }
             stop
         };
-        txn.commit()?;
+        if replayed > 0 {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
         let offset = reader.get_mut().stream_position().unwrap_or(0);
         drop(reader);
         if matches!(stop, Next::Damaged) {
@@ -300,17 +306,20 @@ impl Wal {
     /// are harmless anyway: replay skips them by LSN (they are all at most the database's
     /// `wal_lsn`).
     pub(crate) fn reset(&mut self) {
-        self.len = 0;
-        if self.initialized > 0 {
+        // Empty already (nothing logged since the last reset or replay): nothing to write, as
+        // after every large PUT's durable commit.
+        if self.len > 0 {
             let _ = self.file.write_all_at(&[0; HEADER], 0);
         }
+        self.len = 0;
     }
 }
 
 /// Starts writing back `len` bytes at `offset` so that the fsync after them has less to wait
-/// for (Linux; elsewhere the fsync does it all).
+/// for (Linux with glibc, where the `libc` crate is a dependency; elsewhere the fsync does it
+/// all).
 fn start_writeback(file: &File, offset: u64, len: usize) {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on an open descriptor; it reads no memory of ours.
@@ -323,7 +332,7 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
             );
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = (file, offset, len);
 }
 
