@@ -141,12 +141,42 @@ struct ServeArgs {
     /// Flink configuration entries, e.g. -D blob.fetch.num-concurrent=16.
     #[arg(short = 'D', value_parser = parse_kv)]
     conf: Vec<(String, String)>,
-    /// Seconds a connection may stay silent before it is closed.
-    #[arg(long, default_value_t = 60)]
-    read_timeout: u64,
+    /// Seconds a connection may stay silent between requests before it is closed.
+    #[arg(long, alias = "read-timeout", value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    idle_timeout: Duration,
+    /// Seconds within which a request's header must arrive whole, from its first byte.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    header_timeout: Duration,
+    /// Seconds a request may go without a byte moving either way; also the grace period
+    /// before --min-rate applies.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    stall_timeout: Duration,
+    /// Bytes per second a request's body and reply must average once --stall-timeout has
+    /// passed (0: no minimum).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    min_rate: u64,
+    /// Seconds a request may take from its first byte to the end of its reply.
+    #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_secs)]
+    request_timeout: Duration,
+    /// Most connections open at once (each needs a file descriptor; the soft limit is raised
+    /// towards the hard one to fit).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// Acknowledge PUTs without waiting for fsync (faster; a crash may lose recent PUTs).
     #[arg(long)]
     no_fsync: bool,
+}
+
+/// Seconds, fractions allowed; more than zero.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected seconds, got {s:?}"))?;
+    if !(v > 0.0 && v <= 1e9) {
+        return Err(format!("expected more than 0 seconds, got {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -210,7 +240,17 @@ fn serve(a: ServeArgs) -> CliResult {
     if let Some(ports) = a.port {
         config.ports = ports;
     }
-    config.read_timeout = Duration::from_secs(a.read_timeout.max(1));
+    config.deadlines = crate::config::Deadlines {
+        idle: a.idle_timeout,
+        header: a.header_timeout,
+        stall: a.stall_timeout,
+        min_rate: a.min_rate,
+        request: a.request_timeout,
+    };
+    config.max_connections = a.max_connections;
+    if let Some(limit) = crate::server::raise_fd_limit(a.max_connections) {
+        tracing::debug!(limit, "descriptor limit");
+    }
     let dir = a.dir.unwrap_or_else(default_data_dir);
     let mut opts = StoreOptions::new(&dir).durable(!a.no_fsync);
     if let Some(r) = crate::recovery::from_cli_and_config(a.recovery_dir.as_deref(), &conf)? {

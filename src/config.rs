@@ -160,7 +160,7 @@ impl std::str::FromStr for PortRange {
 /// Most worker threads a server starts: a larger `blob.fetch.num-concurrent` (a typo, say) would
 /// be a storm of threads.
 pub const MAX_NUM_CONCURRENT: usize = 4096;
-/// Longest queue of accepted connections: the queue's slots are allocated up front.
+/// Longest listen backlog asked for.
 pub const MAX_BACKLOG: usize = 65536;
 
 /// How a [`BlobServer`](crate::server::BlobServer) serves.
@@ -169,18 +169,57 @@ pub struct ServerConfig {
     /// Address to bind (default 127.0.0.1; the original bound every interface).
     pub bind: IpAddr,
     pub ports: PortRange,
-    /// Worker threads: connections served at once (`blob.fetch.num-concurrent`, default 50;
-    /// 1..=[`MAX_NUM_CONCURRENT`]).
+    /// Worker threads: requests served at once (`blob.fetch.num-concurrent`, default 50;
+    /// 1..=[`MAX_NUM_CONCURRENT`]). Each worker runs a readiness loop over its share of the
+    /// connections, so idle or slow connections do not take one up.
     pub num_concurrent: usize,
-    /// Accepted connections waiting for a worker (`blob.fetch.backlog`, default 1000;
-    /// 1..=[`MAX_BACKLOG`]).
+    /// The kernel's queue of connections not yet accepted (`blob.fetch.backlog`, default 1000;
+    /// 1..=[`MAX_BACKLOG`]; Linux caps it at `net.core.somaxconn`).
     pub backlog: usize,
-    /// Longest wait for a client's next bytes, between or inside requests; then the connection
-    /// is closed so a stalled peer cannot hold a worker.
-    pub read_timeout: Duration,
-    /// Longest a blocked write to a client may take.
-    pub write_timeout: Duration,
+    /// Limits on how long and how slowly a peer may take (see [`Deadlines`]).
+    pub deadlines: Deadlines,
+    /// Most connections open at once; one more is accepted and closed at once (with a warning),
+    /// so that a flood cannot exhaust the process's descriptors. Each costs one descriptor.
+    pub max_connections: usize,
 }
+
+/// How long a peer may take: every request (header, body and reply) has a total deadline and a
+/// minimum transfer rate, and a connection between requests an idle timeout. A peer past any of
+/// them is cut off with a log line naming it. None of them holds a worker: waiting happens in the
+/// readiness loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// A connection with no request under way is closed after this long without a byte
+    /// (default 60 s).
+    pub idle: Duration,
+    /// A request's header (op, addressing, key or job and name) must arrive whole within this
+    /// long of its first byte (default 10 s).
+    pub header: Duration,
+    /// Longest a request may go without a byte moving either way (default 30 s); also the grace
+    /// period before [`min_rate`](Self::min_rate) applies.
+    pub stall: Duration,
+    /// Bytes per second a request's body and reply must average, counted from its first byte,
+    /// once [`stall`](Self::stall) has passed (default 64 KiB/s; 0 turns the check off).
+    pub min_rate: u64,
+    /// Longest a request may take from its first byte to the last byte of its reply (default
+    /// 1 h: a 2 GiB blob then needs about 600 KB/s).
+    pub request: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            idle: Duration::from_secs(60),
+            header: Duration::from_secs(10),
+            stall: Duration::from_secs(30),
+            min_rate: 64 * 1024,
+            request: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Default [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -189,8 +228,8 @@ impl Default for ServerConfig {
             ports: PortRange::single(0),
             num_concurrent: 50,
             backlog: 1000,
-            read_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(60),
+            deadlines: Deadlines::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

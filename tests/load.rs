@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use blobvault::config::ServerConfig;
+use blobvault::config::{Deadlines, ServerConfig};
 use blobvault::{BlobClient, BlobId, JobId};
 
 mod common;
@@ -12,7 +12,12 @@ use common::TestServer;
 fn server(workers: usize, read_timeout: Duration) -> TestServer {
     TestServer::start_config(ServerConfig {
         num_concurrent: workers,
-        read_timeout,
+        deadlines: Deadlines {
+            idle: read_timeout,
+            header: read_timeout,
+            stall: read_timeout,
+            ..Deadlines::default()
+        },
         ..ServerConfig::default()
     })
 }

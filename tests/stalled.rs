@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use blobvault::config::ServerConfig;
+use blobvault::config::{Deadlines, ServerConfig};
 use blobvault::{BlobClient, BlobId};
 
 mod common;
@@ -14,7 +14,12 @@ use common::TestServer;
 fn server(workers: usize, read_timeout: Duration) -> TestServer {
     TestServer::start_config(ServerConfig {
         num_concurrent: workers,
-        read_timeout,
+        deadlines: Deadlines {
+            idle: read_timeout,
+            header: read_timeout,
+            stall: read_timeout,
+            ..Deadlines::default()
+        },
         ..ServerConfig::default()
     })
 }
@@ -44,12 +49,18 @@ fn stalled_peers_are_closed_and_do_not_starve_others() {
         waited < timeout + Duration::from_secs(5),
         "served after {waited:?}"
     );
-    // The stalled connections were closed by the server.
+    // The stalled connections were closed by the server, at most with an error reply that
+    // says why.
     for s in &mut stalled {
-        let mut b = [0u8; 16];
-        match s.read(&mut b) {
-            Ok(n) => assert_eq!(n, 0, "unexpected reply to a stalled request"),
+        let mut reply = Vec::new();
+        match s.read_to_end(&mut reply) {
+            Ok(_) => {}
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+        if !reply.is_empty() {
+            assert_eq!(reply[0], 1, "not an error reply: {reply:?}");
+            let text = String::from_utf8_lossy(&reply);
+            assert!(text.contains("request header not complete"), "{text}");
         }
     }
 }
@@ -59,7 +70,12 @@ fn shutdown_returns_while_every_worker_and_the_queue_are_held() {
     let mut srv = TestServer::start_config(ServerConfig {
         num_concurrent: 1,
         backlog: 1,
-        read_timeout: Duration::from_secs(3600),
+        deadlines: Deadlines {
+            idle: Duration::from_secs(3600),
+            header: Duration::from_secs(3600),
+            stall: Duration::from_secs(3600),
+            ..Deadlines::default()
+        },
         ..ServerConfig::default()
     });
     // Silent connections: one holds the worker, one the queue, the acceptor waits with the next.

@@ -197,6 +197,9 @@ impl BlobReader {
         self.count <= 1
     }
 
+    /// Placeholder until read leases land: the reader keeps its snapshot.
+    pub fn release_snapshot(&mut self) {}
+
     fn damaged(&self, what: impl Into<String>) -> StoreError {
         StoreError::Damaged {
             key: self.key,

@@ -1,0 +1,374 @@
+//! The BLOB server: an acceptor thread hands each connection to one of a fixed pool of workers,
+//! each a readiness loop over its connections (`reactor.rs`) around a sans-IO session per
+//! connection (`session.rs`) that wraps the protocol's [`RequestDecoder`](crate::protocol::RequestDecoder).
+//!
+//! A worker is held by work, never by a peer: idle connections, half-arrived requests and
+//! replies a client is slow to take wait in the worker's readiness loop, and every request has a
+//! deadline and a minimum rate ([`Deadlines`](crate::config::Deadlines)).
+
+mod reactor;
+mod session;
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{MAX_BACKLOG, MAX_NUM_CONCURRENT, ServerConfig};
+use crate::store::BlobStore;
+use reactor::{Command, Handle, Shared, Worker};
+
+/// Errors starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No port of the range could be bound.
+    #[error("cannot bind {addr} (ports {first}-{last}): {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::IpAddr,
+        /// First port of the range tried.
+        first: u16,
+        /// Last port of the range tried.
+        last: u16,
+        /// Why the last port failed.
+        source: io::Error,
+    },
+    /// Starting a thread or a readiness loop failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Pause after a failed accept (out of descriptors, say) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Least time between two warnings about refused connections.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A running server. Dropping it shuts it down.
+pub struct BlobServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    handles: Arc<Vec<Handle>>,
+    acceptor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    drop_next: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for BlobServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl BlobServer {
+    /// Binds and starts serving `store`.
+    pub fn start(store: BlobStore, config: ServerConfig) -> Result<BlobServer, ServerError> {
+        let mut config = config;
+        let (workers, backlog) = (
+            config.num_concurrent.clamp(1, MAX_NUM_CONCURRENT),
+            config.backlog.clamp(1, MAX_BACKLOG),
+        );
+        if (workers, backlog) != (config.num_concurrent, config.backlog) {
+            tracing::warn!(
+                workers,
+                backlog,
+                "worker count or backlog out of range; clamped"
+            );
+            (config.num_concurrent, config.backlog) = (workers, backlog);
+        }
+        let listener = bind(&config)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            store,
+            deadlines: config.deadlines,
+            shutdown: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+        });
+        let mut handles = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (worker, handle) = Worker::new(Arc::clone(&shared))?;
+            handles.push(handle);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("blobvault-worker-{i}"))
+                    .spawn(move || worker.run())?,
+            );
+        }
+        let handles = Arc::new(handles);
+        let drop_next = Arc::new(AtomicUsize::new(0));
+        let acceptor = {
+            let (shared, handles, drop_next) = (
+                Arc::clone(&shared),
+                Arc::clone(&handles),
+                Arc::clone(&drop_next),
+            );
+            let max = config.max_connections.max(1);
+            std::thread::Builder::new()
+                .name("blobvault-acceptor".into())
+                .spawn(move || accept_loop(listener, &shared, &handles, &drop_next, max))?
+        };
+        check_fd_limit(config.max_connections);
+        tracing::info!(%addr, workers, backlog, max_connections = config.max_connections,
+            "BLOB server listening");
+        Ok(BlobServer {
+            shared,
+            addr,
+            handles,
+            acceptor: Some(acceptor),
+            workers: threads,
+            drop_next,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The store served.
+    pub fn store(&self) -> &BlobStore {
+        &self.shared.store
+    }
+
+    /// Connections accepted and not yet closed.
+    pub fn active_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Closes every open connection (as Flink's tests do to cut a GET mid-stream); returns once
+    /// every worker has closed its own (or after a few seconds if one is busy with the store).
+    pub fn close_connections(&self) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let asked = self
+            .handles
+            .iter()
+            .filter(|h| h.send(Command::CloseAll(tx.clone())))
+            .count();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for _ in 0..asked {
+            if rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+
+    /// Fault injection: the next `n` connections are accepted and closed at once.
+    pub fn drop_next_connections(&self, n: usize) {
+        self.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Stops accepting, closes every connection, and joins all threads. Idempotent.
+    pub fn shutdown(&mut self) {
+        if self.shared.shutdown.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the acceptor out of accept().
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        for h in self.handles.iter() {
+            let _ = h.waker.wake();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        tracing::info!(addr = %self.addr, "BLOB server stopped");
+    }
+}
+
+impl Drop for BlobServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    shared: &Shared,
+    handles: &[Handle],
+    drop_next: &AtomicUsize,
+    max_connections: usize,
+) {
+    let mut last_refusal_log: Option<Instant> = None;
+    let mut refused = 0u64;
+    for conn in listener.incoming() {
+        if shared.shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors (or similar): wait for connections to end rather than
+                // spin on a failing accept.
+                tracing::warn!(error = %e, "accept failed; raise the descriptor limit (ulimit -n) \
+                    or lower --max-connections");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        if drop_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let _ = stream.shutdown(Shutdown::Both);
+            continue;
+        }
+        if shared.open.load(Ordering::SeqCst) >= max_connections {
+            refused += 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                tracing::warn!(peer = ?stream.peer_addr().ok(), max_connections, refused,
+                    "too many connections; refusing (raise --max-connections if the host allows)");
+                last_refusal_log = Some(Instant::now());
+            }
+            continue;
+        }
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            Err(_) => continue, // already gone
+        };
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let Some(h) = handles
+            .iter()
+            .min_by_key(|h| h.load.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        h.load.fetch_add(1, Ordering::Relaxed);
+        shared.open.fetch_add(1, Ordering::SeqCst);
+        if !h.send(Command::Conn(mio::net::TcpStream::from_std(stream), peer)) {
+            // The worker is gone (shutting down).
+            h.load.fetch_sub(1, Ordering::Relaxed);
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Binds the first free port of the range, with the configured listen backlog (std's
+/// `TcpListener::bind` always asks for 128).
+fn bind(config: &ServerConfig) -> Result<TcpListener, ServerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let backlog = i32::try_from(config.backlog).unwrap_or(i32::MAX);
+    let mut last_err = None;
+    for port in config.ports.first..=config.ports.last {
+        let addr = SocketAddr::new(config.bind, port);
+        let attempt = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|s| {
+                // As std does on Unix: a restarted server can bind while old connections linger.
+                s.set_reuse_address(true)?;
+                s.bind(&addr.into())?;
+                s.listen(backlog)?;
+                Ok(s)
+            });
+        match attempt {
+            Ok(s) => {
+                warn_if_backlog_capped(config.backlog);
+                return Ok(s.into());
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(ServerError::Bind {
+        addr: config.bind,
+        first: config.ports.first,
+        last: config.ports.last,
+        source: last_err.unwrap_or_else(|| io::Error::other("empty port range")),
+    })
+}
+
+/// Linux silently caps a listen backlog at `net.core.somaxconn`.
+fn warn_if_backlog_capped(backlog: usize) {
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    if let Some(cap) = cap
+        && backlog > cap
+    {
+        tracing::warn!(
+            backlog,
+            somaxconn = cap,
+            "listen backlog capped by the kernel; raise net.core.somaxconn for more"
+        );
+    }
+}
+
+/// Warns when the descriptor limit is below what `max_connections` needs.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u32 on some 32-bit targets
+fn check_fd_limit(max_connections: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we pass and nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            let need = max_connections as u64 + FD_RESERVE;
+            if (lim.rlim_cur as u64) < need {
+                tracing::warn!(
+                    soft_limit = lim.rlim_cur as u64,
+                    needed = need,
+                    "descriptor limit below max connections; raise it (ulimit -n) or lower \
+                     --max-connections, else accepts fail once it is reached"
+                );
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = max_connections;
+}
+
+/// Descriptors the process needs besides one per connection: the store, the log, spools,
+/// listener, workers' epoll and wakers.
+pub const FD_RESERVE: u64 = 64;
+
+/// Raises this process's soft descriptor limit towards its hard limit so that `max_connections`
+/// fit (what the `serve` command does at start); returns the soft limit in force.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u32 on some 32-bit targets
+pub fn raise_fd_limit(max_connections: usize) -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            let want = (max_connections as u64 + FD_RESERVE).min(lim.rlim_max as u64);
+            if (lim.rlim_cur as u64) < want {
+                lim.rlim_cur = want as libc::rlim_t;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return None;
+                }
+            }
+        }
+        Some(lim.rlim_cur as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = max_connections;
+        None
+    }
+}

@@ -1,0 +1,415 @@
+//! A worker: one thread running a readiness loop (epoll through `mio`) over its share of the
+//! server's connections. It owns their sockets, reads and writes only what they are ready for,
+//! and does a request's store work when the request is there. So an idle, slow or stalled peer
+//! costs a registration and a few hundred bytes, never a thread; a worker is held only by store
+//! work (a commit, a read). Deadlines are checked by a sweep a few times a second.
+
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::session::{Close, Flushed, Overdue, Session};
+use crate::config::Deadlines;
+use crate::store::BlobStore;
+
+/// The waker's token; connections use their slot index.
+const WAKE: Token = Token(usize::MAX);
+/// Read buffer, shared by a worker's connections (an idle one owns none).
+const READ_BUF: usize = 128 * 1024;
+/// Bytes one connection may move per turn before the others get theirs.
+const TURN_BUDGET: usize = 4 * 1024 * 1024;
+/// After a failed request: how long, and how much, the client's remaining input is read and
+/// dropped, so that the error reply is not destroyed by a reset.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+/// A GET whose peer took nothing for this long lets go of its database snapshot.
+const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// What the server shares with its workers.
+pub(super) struct Shared {
+    pub store: BlobStore,
+    pub deadlines: Deadlines,
+    pub shutdown: AtomicBool,
+    /// Connections open, in all workers.
+    pub open: AtomicUsize,
+}
+
+/// Messages to a worker (each followed by a wake).
+pub(super) enum Command {
+    Conn(TcpStream, SocketAddr),
+    /// Close every connection, then answer.
+    CloseAll(Sender<()>),
+}
+
+/// The acceptor's and the server's handle to a worker.
+pub(super) struct Handle {
+    pub tx: Sender<Command>,
+    pub waker: Waker,
+    /// Connections this worker holds (for choosing the least loaded).
+    pub load: Arc<AtomicUsize>,
+}
+
+impl Handle {
+    pub(super) fn send(&self, cmd: Command) -> bool {
+        self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+/// How a connection is doing.
+enum Phase {
+    Open,
+    /// Replies (and an error reply) still going out; then the write side is shut.
+    Flushing,
+    /// Reading and dropping what the peer still sends, until it closes or `until`.
+    Draining {
+        until: Instant,
+        drained: usize,
+    },
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: String,
+    session: Session,
+    phase: Phase,
+    /// Registered for writability too: only while a write would block, since an edge-triggered
+    /// writable interest would wake the worker at every ACK.
+    watch_writes: bool,
+}
+
+/// What a turn left a connection waiting for.
+enum Turn {
+    /// A read would block: the next readable event brings it back.
+    Wait,
+    /// A write would block: the next writable event brings it back.
+    WaitWritable,
+    /// Its budget is spent with work left: another turn soon.
+    Again,
+    /// Done with: close it.
+    Close,
+}
+
+pub(super) struct Worker {
+    poll: Poll,
+    rx: Receiver<Command>,
+    shared: Arc<Shared>,
+    load: Arc<AtomicUsize>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    buf: Vec<u8>,
+    sweep_every: Duration,
+}
+
+impl Worker {
+    /// A worker and the handle to reach it.
+    pub(super) fn new(shared: Arc<Shared>) -> io::Result<(Worker, Handle)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKE)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let load = Arc::new(AtomicUsize::new(0));
+        let d = shared.deadlines;
+        // A few sweeps per shortest deadline, at most four a second.
+        let sweep_every = (d.idle.min(d.header).min(d.stall) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let worker = Worker {
+            poll,
+            rx,
+            shared,
+            load: Arc::clone(&load),
+            conns: Vec::new(),
+            free: Vec::new(),
+            buf: vec![0u8; READ_BUF],
+            sweep_every,
+        };
+        Ok((worker, Handle { tx, waker, load }))
+    }
+
+    /// Serves until the server shuts down.
+    pub(super) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut again: Vec<usize> = Vec::new();
+        let mut next_sweep = Instant::now() + self.sweep_every;
+        while !self.shared.shutdown.load(Ordering::SeqCst) {
+            let timeout = if again.is_empty() {
+                next_sweep.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "readiness wait failed; worker stops");
+                    break;
+                }
+                continue;
+            }
+            let mut ready = std::mem::take(&mut again);
+            for ev in events.iter() {
+                if ev.token() == WAKE {
+                    self.commands();
+                } else {
+                    ready.push(ev.token().0);
+                }
+            }
+            ready.sort_unstable();
+            ready.dedup();
+            for slot in ready {
+                if let Turn::Again = self.turn(slot) {
+                    again.push(slot);
+                }
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + self.sweep_every;
+            }
+        }
+        for slot in 0..self.conns.len() {
+            self.close(slot);
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Conn(stream, peer) => self.add(stream, peer),
+                Command::CloseAll(done) => {
+                    for slot in 0..self.conns.len() {
+                        if let Some(c) = &self.conns[slot] {
+                            let _ = c.stream.shutdown(Shutdown::Both);
+                        }
+                        self.close(slot);
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.conns.len() - 1
+        });
+        // Edge-triggered: a turn always goes on until the socket would block, so no readiness
+        // is missed.
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(slot), Interest::READABLE)
+        {
+            tracing::warn!(%peer, error = %e, "cannot watch connection; closing it");
+            self.free.push(slot);
+            self.forget();
+            return;
+        }
+        tracing::debug!(%peer, "connection opened");
+        self.conns[slot] = Some(Conn {
+            stream,
+            peer: peer.to_string(),
+            session: Session::new(Instant::now()),
+            phase: Phase::Open,
+            watch_writes: false,
+        });
+    }
+
+    /// Counts a connection out.
+    fn forget(&self) {
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            tracing::debug!(peer = c.peer, "connection closed");
+            self.free.push(slot);
+            self.forget();
+        }
+    }
+
+    /// Moves a connection along as far as its socket allows.
+    fn turn(&mut self, slot: usize) -> Turn {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return Turn::Wait;
+        };
+        let (store, buf) = (&self.shared.store, &mut self.buf);
+        // A bug in one connection must not cost the worker.
+        let mut turn =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.turn(store, buf)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(
+                        peer = conn.peer,
+                        "connection handler panicked; connection closed"
+                    );
+                    Turn::Close
+                });
+        let watch = matches!(turn, Turn::WaitWritable);
+        if !matches!(turn, Turn::Close) && watch != conn.watch_writes {
+            let interest = if watch {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(slot), interest)
+            {
+                Ok(()) => conn.watch_writes = watch,
+                Err(e) => {
+                    tracing::warn!(peer = conn.peer, error = %e, "cannot watch connection; closing it");
+                    turn = Turn::Close;
+                }
+            }
+        }
+        if let Turn::Close = turn {
+            self.close(slot);
+        }
+        turn
+    }
+
+    /// Closes connections past a deadline; lets stalled GETs drop their snapshots.
+    fn sweep(&mut self, now: Instant) {
+        let d = self.shared.deadlines;
+        for slot in 0..self.conns.len() {
+            let Some(c) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if let Phase::Draining { until, .. } = c.phase {
+                if now >= until {
+                    self.close(slot);
+                }
+                continue;
+            }
+            c.session.park(now, PARK_AFTER);
+            match c.session.overdue(now, &d) {
+                None => {}
+                Some(Overdue::Idle(after)) => {
+                    tracing::debug!(peer = c.peer, ?after, "idle connection closed");
+                    self.close(slot);
+                }
+                Some(Overdue::Slow(why)) => {
+                    tracing::warn!(peer = c.peer, reason = %why, "peer too slow; connection cut off");
+                    let msg = format!("connection closed by the server: {why}");
+                    if let Some(reply) = c.session.cut_off_reply(&msg) {
+                        // One try: a peer this slow may not take it.
+                        let _ = io::Write::write(&mut c.stream, reply);
+                    }
+                    let _ = c.stream.shutdown(Shutdown::Both);
+                    self.close(slot);
+                }
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn turn(&mut self, store: &BlobStore, buf: &mut [u8]) -> Turn {
+        let mut budget = TURN_BUDGET;
+        loop {
+            let now = Instant::now();
+            if let Phase::Draining { until, drained } = &mut self.phase {
+                return drain(&mut self.stream, buf, until, drained);
+            }
+            match self
+                .session
+                .flush(&mut self.stream, &self.peer, &mut budget, now)
+            {
+                Ok(Flushed::Drained) => {}
+                Ok(Flushed::Blocked) => return Turn::WaitWritable,
+                Ok(Flushed::Budget) => return Turn::Again,
+                Err(close) if matches!(self.phase, Phase::Flushing) => {
+                    let _ = close;
+                    return Turn::Close;
+                }
+                Err(close) => return self.end(close),
+            }
+            if let Phase::Flushing = self.phase {
+                let _ = self.stream.shutdown(Shutdown::Write);
+                self.phase = Phase::Draining {
+                    until: now + DRAIN_TIME,
+                    drained: 0,
+                };
+                continue;
+            }
+            if self.session.has_stash() {
+                if let Err(close) = self.session.resume(store, &self.peer) {
+                    return self.end(close);
+                }
+                continue;
+            }
+            self.session.settle(now);
+            if budget == 0 {
+                return Turn::Again;
+            }
+            let n = match self.stream.read(buf) {
+                Ok(0) => {
+                    let close = self.session.eof();
+                    return self.end(close);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Wait,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(peer = self.peer, error = %e, "read failed");
+                    return Turn::Close;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            if let Err(close) = self.session.receive(store, &self.peer, &buf[..n], now) {
+                return self.end(close);
+            }
+            // Half a request: its sender may be waiting for our ACK before it sends the rest.
+            if self.session.mid_request() {
+                quick_ack(&self.stream);
+            }
+        }
+    }
+
+    /// Ends the session: quietly at once, or after its replies (and error reply) are out.
+    fn end(&mut self, close: Close) -> Turn {
+        if let Close::Quiet = close {
+            return Turn::Close;
+        }
+        self.session.fail(&self.peer, &close);
+        self.phase = Phase::Flushing;
+        Turn::Again
+    }
+}
+
+/// Reads and drops input until the peer closes, `until`, or [`DRAIN_BYTES`].
+fn drain(stream: &mut TcpStream, buf: &mut [u8], until: &Instant, drained: &mut usize) -> Turn {
+    loop {
+        if Instant::now() >= *until || *drained >= DRAIN_BYTES {
+            return Turn::Close;
+        }
+        match stream.read(buf) {
+            Ok(0) => return Turn::Close,
+            Ok(n) => *drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Wait,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Turn::Close,
+        }
+    }
+}
+
+/// Acknowledges what was just read at once instead of after Linux's delayed-ACK timer (40 ms).
+/// A client that writes a request in small pieces with Nagle on (Flink's Java client) sends each
+/// piece only once the previous one is acknowledged; the kernel clears the flag after each ACK,
+/// so it is set again after every read that leaves a request unfinished. (After a whole request
+/// the ACK rides on the reply; acknowledging at once there would cost an extra packet per
+/// request.)
+fn quick_ack(stream: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = stream;
+}

@@ -1,0 +1,485 @@
+//! One connection's protocol state, without its socket: the decoder, the PUT being received, the
+//! replies waiting to go out, the GET being streamed, and the request's clock. The readiness loop
+//! (`reactor.rs`) moves bytes between the socket and a session and asks it about deadlines; the
+//! session never blocks on the peer.
+//!
+//! States, named for what the session waits for:
+//! - **await request**: between requests (`Timing::started` is `None`); the idle timeout runs.
+//! - **header**: a request's first bytes arrived, not yet its whole header.
+//! - **body**: a PUT header arrived; body chunks are spooled until the terminator, then the
+//!   blob is committed and its reply queued.
+//! - **sending**: a GET of more than one chunk: chunks are pulled from the store only as the
+//!   socket takes them; no further input is read until the last one is out.
+//! - **closing** (the reactor's): whole replies, then an error reply if any, go out; then a
+//!   write shutdown and a brief drain.
+//!
+//! header → body (PUT) or → await request (DELETE, one-chunk GET: reply queued) or → sending (a
+//! longer GET); body → await request at the terminator; sending → await request after the last
+//! chunk; any → closing on a protocol error, a failed request, or a stream that ends mid-request.
+//! Replies leave in request order: input after a request whose reply is still going out waits in
+//! `stash`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::time::{Duration, Instant};
+
+use crate::config::Deadlines;
+use crate::key::BlobId;
+use crate::protocol::{self, ProtocolError, PutTarget, Request, RequestDecoder, RequestEvent};
+use crate::store::{BlobReader, BlobStore, Chunk, StoreError, Upload};
+
+/// Replies gathered before they must be written out (also the most input handled between two
+/// writes).
+pub(super) const OUT_HIGH_WATER: usize = 128 * 1024;
+
+/// Chunks pulled from the store per refill (4 × 64 KiB): fewer `writev` calls, bounded memory.
+const CHUNKS_PER_WRITE: usize = 4;
+
+/// Why a session ends.
+#[derive(Debug)]
+pub(super) enum Close {
+    /// Clean end between requests, or an I/O failure: nothing more can or need be sent.
+    Quiet,
+    /// An unknown op byte: no reply to it, but the replies to the requests before it still go
+    /// out before the close.
+    Silent,
+    /// Send the replies gathered so far, then this error reply, then close.
+    Error(String),
+}
+
+/// What writing to the socket achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Flushed {
+    /// Everything pending is out.
+    Drained,
+    /// The socket takes no more for now: wait until it is writable.
+    Blocked,
+    /// The byte budget of this turn is spent: other connections go first.
+    Budget,
+}
+
+/// A deadline a session has passed.
+#[derive(Debug)]
+pub(super) enum Overdue {
+    /// Silent between requests for the idle timeout: routine.
+    Idle(Duration),
+    /// A request too slow or stalled: the peer is cut off.
+    Slow(String),
+}
+
+/// A GET reply being streamed: the reader and the checked chunks not yet written.
+struct Outgoing {
+    reader: BlobReader,
+    ready: VecDeque<Chunk>,
+    /// Bytes of `ready[0]` already written.
+    offset: usize,
+    done: bool,
+    /// The reader failed: once the chunks checked before the failure are out, the reply is cut.
+    failed: bool,
+}
+
+/// The clock of the request under way.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// When the current request's first byte arrived; `None` between requests.
+    started: Option<Instant>,
+    header_done: bool,
+    /// Bytes moved either way since `started`.
+    bytes: u64,
+    /// Last time a byte moved either way (or the connection opened).
+    last_progress: Instant,
+}
+
+/// One connection's protocol state.
+pub(super) struct Session {
+    dec: RequestDecoder,
+    upload: Option<(Upload, PutTarget)>,
+    out: Vec<u8>,
+    out_pos: usize,
+    blob: Option<Outgoing>,
+    /// Input not handled yet because replies before it are still going out.
+    stash: Vec<u8>,
+    timing: Timing,
+}
+
+impl Session {
+    pub(super) fn new(now: Instant) -> Session {
+        Session {
+            dec: RequestDecoder::new(),
+            upload: None,
+            out: Vec::new(),
+            out_pos: 0,
+            blob: None,
+            stash: Vec::new(),
+            timing: Timing {
+                started: None,
+                header_done: false,
+                bytes: 0,
+                last_progress: now,
+            },
+        }
+    }
+
+    /// Whether the loop should read from the socket: nothing is waiting to go out first, and no
+    /// earlier input is waiting to be handled.
+    pub(super) fn wants_read(&self) -> bool {
+        self.blob.is_none() && self.stash.is_empty() && self.pending_out() < OUT_HIGH_WATER
+    }
+
+    /// Whether input is stashed behind replies that have gone out now.
+    pub(super) fn has_stash(&self) -> bool {
+        !self.stash.is_empty()
+    }
+
+    /// True while a request is half-read (the peer may wait for our ACK before sending more).
+    pub(super) fn mid_request(&self) -> bool {
+        !self.dec.is_idle()
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Handles `input` that arrived at `now`. Stops early, stashing the rest, once replies to
+    /// send pile up or a GET starts streaming.
+    pub(super) fn receive(
+        &mut self,
+        store: &BlobStore,
+        peer: &str,
+        input: &[u8],
+        now: Instant,
+    ) -> Result<(), Close> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        if self.timing.started.is_none() {
+            self.timing = Timing {
+                started: Some(now),
+                header_done: false,
+                bytes: 0,
+                last_progress: now,
+            };
+        }
+        self.timing.bytes += input.len() as u64;
+        self.timing.last_progress = now;
+        self.decode(store, peer, input)
+    }
+
+    /// Handles stashed input once the replies before it are out.
+    pub(super) fn resume(&mut self, store: &BlobStore, peer: &str) -> Result<(), Close> {
+        let stash = std::mem::take(&mut self.stash);
+        self.decode(store, peer, &stash)
+    }
+
+    fn decode(&mut self, store: &BlobStore, peer: &str, input: &[u8]) -> Result<(), Close> {
+        let mut pos = 0;
+        while pos < input.len() {
+            if !self.wants_read() {
+                self.stash.extend_from_slice(&input[pos..]);
+                return Ok(());
+            }
+            let (used, event) = match self.dec.decode(&input[pos..]) {
+                Ok(r) => r,
+                Err(ProtocolError::UnknownOperation(op)) => {
+                    tracing::warn!(
+                        peer,
+                        op,
+                        "unknown operation; closing connection without reply"
+                    );
+                    return Err(Close::Silent);
+                }
+                Err(e) => return Err(Close::Error(e.to_string())),
+            };
+            pos += used;
+            if let Some(ev) = event {
+                self.handle(store, peer, ev)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer closed its side. `Ok` only between requests.
+    pub(super) fn eof(&self) -> Close {
+        match self.dec.finish() {
+            Ok(()) => Close::Quiet,
+            Err(e) => Close::Error(e.to_string()),
+        }
+    }
+
+    /// Ends the session with `close`: a PUT cut short drops its spooled bytes, a GET under way
+    /// stops, and an error reply is queued behind the whole replies gathered so far (which go
+    /// first, as the original answered each request before reading the next).
+    pub(super) fn fail(&mut self, peer: &str, close: &Close) {
+        self.upload = None;
+        self.blob = None;
+        self.stash = Vec::new();
+        if let Close::Error(msg) = close {
+            tracing::warn!(peer, error = %msg, "request failed; sending error reply");
+            protocol::encode_error(msg, &mut self.out);
+        }
+    }
+
+    /// Queues an error reply for a peer cut off by a deadline, if nothing else is half-sent.
+    pub(super) fn cut_off_reply(&mut self, msg: &str) -> Option<&[u8]> {
+        if self.blob.is_some() || self.pending_out() > 0 {
+            return None;
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        protocol::encode_error(msg, &mut self.out);
+        Some(&self.out)
+    }
+
+    fn handle(&mut self, store: &BlobStore, peer: &str, ev: RequestEvent<'_>) -> Result<(), Close> {
+        match ev {
+            RequestEvent::Request(req) => {
+                self.timing.header_done = true;
+                match req {
+                    Request::Put(target) => self.upload = Some((store.upload(), target)),
+                    Request::Get(id) => self.get(store, peer, &id)?,
+                    Request::Delete(target) => {
+                        store.delete(target).map_err(|e| {
+                            tracing::error!(peer, error = %e, "DELETE failed");
+                            Close::Error(format!("DELETE failed: {e}"))
+                        })?;
+                        protocol::encode_ok(&mut self.out);
+                    }
+                }
+            }
+            RequestEvent::Chunk(data) => {
+                if let Some((up, _)) = self.upload.as_mut() {
+                    up.write(data).map_err(|e| Close::Error(e.to_string()))?;
+                }
+            }
+            RequestEvent::End => {
+                let Some((up, target)) = self.upload.take() else {
+                    return Err(Close::Error("body end without a PUT".into()));
+                };
+                let spooled = up.finish().map_err(|e| Close::Error(e.to_string()))?;
+                let named = matches!(target, PutTarget::Named(..));
+                let key = store.commit(spooled, target).map_err(|e| {
+                    tracing::error!(peer, error = %e, "PUT failed");
+                    Close::Error(format!("PUT failed: {e}"))
+                })?;
+                if named {
+                    protocol::encode_ok(&mut self.out);
+                } else {
+                    protocol::encode_put_key(&key, &mut self.out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, store: &BlobStore, peer: &str, id: &BlobId) -> Result<(), Close> {
+        let mut r = match store.get(id) {
+            Ok(Some(r)) => r,
+            // A local miss: read-repair from the recovery store, if there is one.
+            Ok(None) => match crate::recovery::read_repair(store, id) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(Close::Error(format!("Cannot find required BLOB {id}"))),
+                Err(e) => {
+                    tracing::error!(peer, blob = %id, error = %e, "recovery read failed");
+                    return Err(Close::Error(format!("Cannot find required BLOB {id}: {e}")));
+                }
+            },
+            Err(e) => {
+                tracing::error!(peer, error = %e, "GET failed");
+                return Err(Close::Error(format!("GET failed: {e}")));
+            }
+        };
+        if r.len() > protocol::MAX_BLOB_LEN {
+            return Err(Close::Error(
+                "BLOB size exceeds the maximum size (2 GB).".into(),
+            ));
+        }
+        // The first chunk is checked before anything is sent: damage there gets an error reply.
+        let first = r
+            .next_chunk()
+            .map_err(|e| Close::Error(damaged(e, peer).to_string()))?;
+        protocol::encode_get_header(r.len() as u32, &mut self.out);
+        if r.is_single_chunk() {
+            if let Some(c) = first {
+                self.out.extend_from_slice(c.value());
+            }
+            return Ok(());
+        }
+        self.blob = Some(Outgoing {
+            reader: r,
+            ready: first.into_iter().collect(),
+            offset: 0,
+            done: false,
+            failed: false,
+        });
+        Ok(())
+    }
+
+    /// Writes what is pending (replies, then a GET's chunks, pulled from the store as the socket
+    /// takes them) until done, the socket would block, or `budget` bytes went out.
+    pub(super) fn flush(
+        &mut self,
+        sock: &mut impl Write,
+        peer: &str,
+        budget: &mut usize,
+        now: Instant,
+    ) -> Result<Flushed, Close> {
+        loop {
+            if let Some(b) = self.blob.as_mut()
+                && b.ready.is_empty()
+                && !b.done
+            {
+                b.refill(peer);
+            }
+            let empty: &[u8] = &[];
+            let mut slices = [IoSlice::new(empty); CHUNKS_PER_WRITE + 1];
+            let mut n_slices = 0;
+            if self.pending_out() > 0 {
+                slices[0] = IoSlice::new(&self.out[self.out_pos..]);
+                n_slices = 1;
+            }
+            if let Some(b) = &self.blob {
+                for (i, c) in b.ready.iter().enumerate() {
+                    let skip = if i == 0 { b.offset } else { 0 };
+                    slices[n_slices] = IoSlice::new(&c.value()[skip..]);
+                    n_slices += 1;
+                }
+            }
+            if n_slices == 0 {
+                match &self.blob {
+                    Some(b) if b.failed => return Err(Close::Quiet),
+                    Some(b) if !b.done => continue,
+                    _ => {}
+                }
+                self.blob = None;
+                self.out.clear();
+                self.out_pos = 0;
+                if self.out.capacity() > 4 * OUT_HIGH_WATER {
+                    self.out = Vec::new();
+                }
+                return Ok(Flushed::Drained);
+            }
+            if *budget == 0 {
+                return Ok(Flushed::Budget);
+            }
+            match sock.write_vectored(&slices[..n_slices]) {
+                Ok(0) => return Err(Close::Quiet),
+                Ok(n) => {
+                    *budget = budget.saturating_sub(n);
+                    self.timing.bytes += n as u64;
+                    self.timing.last_progress = now;
+                    self.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(peer, error = %e, "write failed");
+                    return Err(Close::Quiet);
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        let o = self.pending_out().min(n);
+        self.out_pos += o;
+        n -= o;
+        if let Some(b) = self.blob.as_mut() {
+            while n > 0 {
+                let Some(c) = b.ready.front() else { break };
+                let rest = c.value().len() - b.offset;
+                if n >= rest {
+                    n -= rest;
+                    b.ready.pop_front();
+                    b.offset = 0;
+                } else {
+                    b.offset += n;
+                    n = 0;
+                }
+            }
+        }
+    }
+
+    /// Called once everything is out and nothing is stashed: a request finished this way ends
+    /// its clock, and the idle timeout starts.
+    pub(super) fn settle(&mut self, now: Instant) {
+        if self.dec.is_idle() && self.blob.is_none() && self.stash.is_empty() {
+            if self.timing.started.take().is_some() {
+                self.timing.last_progress = now;
+            }
+            if self.out.capacity() > 4 * OUT_HIGH_WATER {
+                self.out = Vec::new();
+            }
+        }
+    }
+
+    /// A GET reply whose peer has not taken a byte for `after` lets go of its database snapshot,
+    /// so that a stalled reader does not keep freed pages from being reused.
+    pub(super) fn park(&mut self, now: Instant, after: Duration) {
+        if let Some(b) = self.blob.as_mut()
+            && now.duration_since(self.timing.last_progress) >= after
+        {
+            b.reader.release_snapshot();
+        }
+    }
+
+    /// The deadline this session has passed at `now`, if any.
+    pub(super) fn overdue(&self, now: Instant, d: &Deadlines) -> Option<Overdue> {
+        let t = &self.timing;
+        let silent = now.saturating_duration_since(t.last_progress);
+        let Some(started) = t.started else {
+            return (silent >= d.idle).then_some(Overdue::Idle(d.idle));
+        };
+        let took = now.saturating_duration_since(started);
+        let slow = |why: String| Some(Overdue::Slow(why));
+        if !t.header_done && took >= d.header {
+            return slow(format!("request header not complete within {:?}", d.header));
+        }
+        if silent >= d.stall {
+            return slow(format!(
+                "no byte moved for {silent:.1?} (stall timeout {:?})",
+                d.stall
+            ));
+        }
+        if took >= d.request {
+            return slow(format!("request not done within {:?}", d.request));
+        }
+        if d.min_rate > 0 && took > d.stall {
+            let need = d.min_rate as f64 * (took - d.stall).as_secs_f64();
+            if (t.bytes as f64) < need {
+                return slow(format!(
+                    "{} bytes in {took:.1?}: below the minimum rate of {} bytes/s",
+                    t.bytes, d.min_rate
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl Outgoing {
+    /// Pulls the next few checked chunks from the store.
+    fn refill(&mut self, peer: &str) {
+        while self.ready.len() < CHUNKS_PER_WRITE {
+            match self.reader.next_chunk() {
+                Ok(Some(c)) => self.ready.push_back(c),
+                Ok(None) => {
+                    self.done = true;
+                    return;
+                }
+                Err(e) => {
+                    damaged(e, peer);
+                    // The reply has begun: the chunks checked before the bad one go out, then
+                    // the reply is cut there, so the client never gets the blob whole.
+                    self.done = true;
+                    self.failed = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn damaged(e: StoreError, peer: &str) -> StoreError {
+    tracing::error!(peer, error = %e, "GET of a damaged or unreadable blob");
+    e
+}
