@@ -1,0 +1,318 @@
+//! Idle, slow and stalled peers against the built binary: they must not hold workers, starve
+//! other clients, or keep descriptors once gone; each stalled peer is cut off by its deadline
+//! with a log line naming it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blobvault::protocol;
+use blobvault::{BlobClient, BlobId, BlobKey};
+
+/// `blobvault serve` with its log in a file, over a store in a temp dir.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn spawn(args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("server.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blobvault"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir.path().join("store"))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or("info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn blobvault serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        Server {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn count(&self, what: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/{what}", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn threads(&self) -> usize {
+        self.count("task")
+    }
+
+    fn fds(&self) -> usize {
+        self.count("fd")
+    }
+
+    fn log_text(&self) -> String {
+        // The log may hold bytes of peers' input in error messages.
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits (bounded) until the log has a line containing every one of `parts`.
+    fn wait_for_log(&self, parts: &[&str], within: Duration) -> String {
+        wait_until(within, || {
+            self.log_text()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no log line with {parts:?}:\n{}", self.log_text()))
+    }
+
+    fn client(&self) -> BlobClient {
+        BlobClient::connect_timeout(&self.addr, Duration::from_secs(30)).expect("connect")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 20 ms until it yields something or `within` passes.
+fn wait_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// PUT then GET of a fresh blob on a new connection; returns how long it took.
+fn put_get(srv: &Server, tag: &str) -> Duration {
+    let start = Instant::now();
+    let data = format!("served past hostile peers: {tag}").into_bytes();
+    let mut c = srv.client();
+    let key = c.put(&data).expect("put");
+    assert_eq!(key, BlobKey::of(&data));
+    assert_eq!(c.get_bytes(&BlobId::Content(key)).expect("get"), data);
+    start.elapsed()
+}
+
+/// Opens `n` connections and leaves them silent; returns once the server holds them all.
+fn idle_connections(srv: &Server, n: usize) -> Vec<TcpStream> {
+    let base = srv.fds();
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|i| {
+            TcpStream::connect_timeout(&srv.addr, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    wait_until(Duration::from_secs(30), || {
+        (srv.fds() >= base + n).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "server holds {} descriptors, expected {}",
+            srv.fds(),
+            base + n
+        )
+    });
+    conns
+}
+
+#[test]
+fn idle_connections_hold_no_worker_nor_descriptor_after_they_close() {
+    let workers = 4;
+    let srv = Server::spawn(&[
+        "-D",
+        &format!("blob.fetch.num-concurrent={workers}"),
+        "--idle-timeout",
+        "600",
+    ]);
+    let base_fds = srv.fds();
+    put_get(&srv, "warm-up");
+    // The warm-up connection is closed by the server once the client's close arrives.
+    wait_until(Duration::from_secs(10), || {
+        (srv.fds() == base_fds).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{} descriptors after warm-up, {base_fds} before", srv.fds()));
+    let idle = idle_connections(&srv, 2_000);
+    // One descriptor per connection (no copy kept per connection).
+    assert_eq!(srv.fds(), base_fds + 2_000, "descriptors per connection");
+    let took = put_get(&srv, "beside 2000 idle");
+    assert!(took < Duration::from_secs(1), "served after {took:?}");
+    // Workers, acceptor, writer, main: no thread per connection.
+    let threads = srv.threads();
+    assert!(
+        threads <= workers + 4,
+        "{threads} threads for {workers} workers"
+    );
+    drop(idle);
+    wait_until(Duration::from_secs(30), || {
+        (srv.fds() == base_fds).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{} descriptors, {base_fds} before", srv.fds()));
+    put_get(&srv, "after they closed");
+}
+
+#[test]
+fn ten_thousand_idle_connections_and_still_serving() {
+    // The server raises its own soft limit; this process needs one descriptor per connection
+    // too (see the README's descriptor needs).
+    let limit = blobvault::server::raise_fd_limit(10_200).expect("descriptor limit");
+    assert!(
+        limit >= 10_200,
+        "this test needs a descriptor hard limit of at least 10,264 (ulimit -Hn), got {limit}"
+    );
+    let srv = Server::spawn(&[
+        "-D",
+        "blob.fetch.num-concurrent=2",
+        "--idle-timeout",
+        "600",
+        "--max-connections",
+        "10100",
+    ]);
+    let idle = idle_connections(&srv, 10_000);
+    put_get(&srv, "beside 10000 idle");
+    drop(idle);
+    put_get(&srv, "after they closed");
+}
+
+#[test]
+fn listen_backlog_follows_the_configuration() {
+    let srv = Server::spawn(&["-D", "blob.fetch.backlog=777"]);
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", srv.addr.port())])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // State, Recv-Q, Send-Q (the backlog of a listening socket), …
+    let backlog: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(backlog.get(2).copied(), Some("777"), "ss said: {text}");
+}
+
+/// With one worker: a GET never read, a PUT trickled at one byte a second and a header stalled
+/// half-way, all at once; a fourth client is served at once, and each stalled peer is cut off
+/// by its deadline with a log line naming it.
+#[test]
+fn one_worker_serves_while_three_peers_stall_and_each_is_cut_off() {
+    let srv = Server::spawn(&[
+        "-D",
+        "blob.fetch.num-concurrent=1",
+        "--idle-timeout",
+        "600",
+        "--header-timeout",
+        "2",
+        "--stall-timeout",
+        "2",
+        "--min-rate",
+        "1000",
+    ]);
+    // Big enough that its reply fills both sockets' buffers.
+    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i ^ (i >> 11)) as u8).collect();
+    let big_key = srv.client().put(&big).expect("put big blob");
+
+    // 1. A GET whose reply is never read.
+    let mut never_read = TcpStream::connect(srv.addr).expect("connect");
+    let mut req = Vec::new();
+    protocol::encode_get(&BlobId::Content(big_key), &mut req);
+    never_read.write_all(&req).expect("send GET");
+
+    // 2. A PUT trickled at one byte a second (its header and chunk length first).
+    let trickler = TcpStream::connect(srv.addr).expect("connect");
+    let trickle_addr = trickler.local_addr().expect("addr");
+    let trickle = std::thread::spawn(move || {
+        let mut s = trickler;
+        let mut head = Vec::new();
+        protocol::encode_put_header(&blobvault::PutTarget::Content, &mut head);
+        head.extend_from_slice(&1000i32.to_le_bytes()); // the chunk length
+        s.write_all(&head).expect("send PUT header");
+        let start = Instant::now();
+        // Bounded: the deadline cuts it off after about 2–3 s.
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_secs(1));
+            if s.write_all(b"x").is_err() {
+                return Some(start.elapsed());
+            }
+        }
+        None
+    });
+
+    // 3. A header stalled half-way: GET by key, ten of the key's twenty bytes.
+    let mut half = TcpStream::connect(srv.addr).expect("connect");
+    half.write_all(&[protocol::GET_OPERATION, protocol::CONTENT_ADDRESSABLE])
+        .expect("send");
+    half.write_all(&[7u8; 10]).expect("send");
+
+    // The never-read GET's reply has begun (its first bytes are here, unread).
+    never_read
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    never_read
+        .peek(&mut [0u8; 1])
+        .expect("the GET reply begins");
+    let took = put_get(&srv, "fourth client");
+    assert!(took < Duration::from_secs(1), "served after {took:?}");
+
+    // Each stalled peer is cut off, named in the log.
+    let cut = |peer: SocketAddr| {
+        srv.wait_for_log(&["cut off", &peer.to_string()], Duration::from_secs(15))
+    };
+    let line = cut(never_read.local_addr().expect("addr"));
+    assert!(line.contains("no byte moved"), "{line}");
+    let line = cut(half.local_addr().expect("addr"));
+    assert!(line.contains("header not complete"), "{line}");
+    let line = cut(trickle_addr);
+    assert!(line.contains("minimum rate"), "{line}");
+    let trickled_for = trickle.join().expect("trickle thread");
+    assert!(
+        trickled_for.is_some_and(|t| t < Duration::from_secs(15)),
+        "the trickling PUT was not cut off: {trickled_for:?}"
+    );
+
+    // The never-read GET's reply stops short of the blob: the server gave up on it.
+    let mut got = Vec::new();
+    let _ = never_read.read_to_end(&mut got);
+    assert!(
+        got.len() < big.len(),
+        "the whole blob went out to a stalled peer"
+    );
+    // The half header is closed, with at most an error reply that says why.
+    half.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reply = Vec::new();
+    let _ = half.read_to_end(&mut reply);
+    if !reply.is_empty() {
+        assert_eq!(reply[0], protocol::RETURN_ERROR, "{reply:?}");
+    }
+    put_get(&srv, "after the cut-offs");
+}
