@@ -81,6 +81,8 @@ struct Conn {
     /// Registered for writability too: only while a write would block, since an edge-triggered
     /// writable interest would wake the worker at every ACK.
     watch_writes: bool,
+    /// The peer's FIN was seen by epoll: read to the end even after a short read.
+    read_closed: bool,
 }
 
 /// What a turn left a connection waiting for.
@@ -153,7 +155,13 @@ impl Worker {
                 if ev.token() == WAKE {
                     self.commands();
                 } else {
-                    ready.push(ev.token().0);
+                    let slot = ev.token().0;
+                    if ev.is_read_closed()
+                        && let Some(Some(c)) = self.conns.get_mut(slot)
+                    {
+                        c.read_closed = true;
+                    }
+                    ready.push(slot);
                 }
             }
             ready.sort_unstable();
@@ -215,6 +223,7 @@ impl Worker {
             session: Session::new(Instant::now()),
             phase: Phase::Open,
             watch_writes: false,
+            read_closed: false,
         });
     }
 
@@ -312,6 +321,9 @@ impl Worker {
 impl Conn {
     fn turn(&mut self, store: &BlobStore, buf: &mut [u8]) -> Turn {
         let mut budget = TURN_BUDGET;
+        // A read shorter than the buffer emptied the socket: anything arriving later brings a
+        // new edge, so a further read would only say "would block" (one syscall per request).
+        let mut socket_empty = false;
         loop {
             let now = Instant::now();
             if let Phase::Draining { until, drained } = &mut self.phase {
@@ -348,6 +360,9 @@ impl Conn {
             if budget == 0 {
                 return Turn::Again;
             }
+            if socket_empty && !self.read_closed {
+                return Turn::Wait;
+            }
             let n = match self.stream.read(buf) {
                 Ok(0) => {
                     let close = self.session.eof();
@@ -362,6 +377,7 @@ impl Conn {
                 }
             };
             budget = budget.saturating_sub(n);
+            socket_empty = n < buf.len();
             if let Err(close) = self.session.receive(store, &self.peer, &buf[..n], now) {
                 return self.end(close);
             }
