@@ -116,6 +116,9 @@ pub struct StoreOptions {
     pub cache_size: usize,
     /// Uploads up to this size are spooled in memory; larger ones in a temp file.
     pub spool_memory_limit: usize,
+    /// Most bytes all uploads together keep in memory; past it they spool to files (default
+    /// 64 MiB), so that many connections sending at once cannot exhaust memory.
+    pub spool_memory_total: usize,
     /// Re-hash blobs while reading them and fail a damaged one before its last byte is handed out.
     pub verify_reads: bool,
     /// Most operations in one group commit.
@@ -153,6 +156,7 @@ impl StoreOptions {
             // under 128 MiB of RSS (BENCHMARKS.md).
             cache_size: 32 * 1024 * 1024,
             spool_memory_limit: 1024 * 1024,
+            spool_memory_total: 64 * 1024 * 1024,
             verify_reads: true,
             max_batch: 512,
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -220,6 +224,7 @@ pub(crate) struct Shared {
     /// The write-ahead log of a store on disk (`wal.rs`); `None` for a memory image.
     wal: Option<Arc<Mutex<wal::Wal>>>,
     spool_dir: PathBuf,
+    spool_budget: spool::MemoryBudget,
     opts: StoreOptions,
     layout: Layout,
 }
@@ -345,6 +350,7 @@ impl BlobStore {
         let shared = Arc::new(Shared {
             db,
             wal,
+            spool_budget: spool::MemoryBudget::new(opts.spool_memory_total),
             spool_dir,
             opts,
             layout,
@@ -385,6 +391,7 @@ impl BlobStore {
         Upload::new(
             &self.inner.shared.spool_dir,
             self.inner.shared.opts.spool_memory_limit,
+            &self.inner.shared.spool_budget,
         )
     }
 

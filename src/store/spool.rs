@@ -6,6 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
@@ -28,6 +29,52 @@ impl Drop for TempFile {
     }
 }
 
+/// Bytes of uploads held in memory by every upload of a store together. Past its total an upload
+/// spools to a file, however small: many connections each sending an upload must not add up to
+/// unbounded memory.
+#[derive(Debug, Clone)]
+pub(crate) struct MemoryBudget {
+    used: Arc<AtomicU64>,
+    total: u64,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(total: usize) -> Self {
+        MemoryBudget {
+            used: Arc::new(AtomicU64::new(0)),
+            total: total as u64,
+        }
+    }
+
+    /// Bytes held in memory by uploads now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes of the budget, or nothing if they do not fit.
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|&t| t <= self.total)
+            })
+            .is_ok()
+    }
+}
+
+/// The share of a [`MemoryBudget`] one upload holds; given back when dropped.
+#[derive(Debug)]
+struct Charge {
+    budget: MemoryBudget,
+    bytes: u64,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// A blob being received. Feed it with [`Upload::write`], then hand it to
 /// [`BlobStore::commit`](super::BlobStore::commit) or one of the `finish_*` helpers.
 #[derive(Debug)]
@@ -38,6 +85,7 @@ pub struct Upload {
     file: Option<(File, TempFile)>,
     spool_dir: PathBuf,
     mem_limit: usize,
+    charge: Charge,
 }
 
 /// A received blob: its key, length and bytes, ready for the writer.
@@ -50,8 +98,13 @@ pub struct Spooled {
 
 #[derive(Debug)]
 enum SpooledData {
-    Mem(Vec<u8>),
-    File { file: File, temp: TempFile },
+    /// The bytes, and the memory budget they hold until the blob is dropped.
+    #[allow(dead_code)] // the charge is held for its Drop
+    Mem(Vec<u8>, Charge),
+    File {
+        file: File,
+        temp: TempFile,
+    },
     Empty,
 }
 
@@ -73,7 +126,7 @@ impl std::ops::Deref for SpooledBytes<'_> {
 }
 
 impl Upload {
-    pub(crate) fn new(spool_dir: &Path, mem_limit: usize) -> Upload {
+    pub(crate) fn new(spool_dir: &Path, mem_limit: usize, budget: &MemoryBudget) -> Upload {
         Upload {
             hasher: KeyHasher::new(),
             len: 0,
@@ -81,6 +134,10 @@ impl Upload {
             file: None,
             spool_dir: spool_dir.to_path_buf(),
             mem_limit,
+            charge: Charge {
+                budget: budget.clone(),
+                bytes: 0,
+            },
         }
     }
 
@@ -101,7 +158,11 @@ impl Upload {
         }
         self.hasher.update(data);
         self.len = new_len;
-        if self.file.is_none() && self.mem.len() + data.len() <= self.mem_limit {
+        if self.file.is_none()
+            && self.mem.len() + data.len() <= self.mem_limit
+            && self.charge.budget.take(data.len() as u64)
+        {
+            self.charge.bytes += data.len() as u64;
             self.mem.extend_from_slice(data);
             return Ok(());
         }
@@ -121,6 +182,11 @@ impl Upload {
                 .write_all(&self.mem)
                 .map_err(|e| StoreError::Spool(file.1.path.clone(), e))?;
             self.mem = Vec::new();
+            self.charge
+                .budget
+                .used
+                .fetch_sub(self.charge.bytes, Ordering::Relaxed);
+            self.charge.bytes = 0;
             self.file = Some(file);
         }
         if let Some((f, t)) = self.file.as_mut() {
@@ -135,7 +201,7 @@ impl Upload {
         let key = self.hasher.finish();
         let data = match self.file {
             None if self.mem.is_empty() => SpooledData::Empty,
-            None => SpooledData::Mem(self.mem),
+            None => SpooledData::Mem(self.mem, self.charge),
             Some((file, temp)) => SpooledData::File { file, temp },
         };
         Ok(Spooled {
@@ -162,7 +228,7 @@ impl Spooled {
     /// Fills `buf` with the bytes at `offset` (the caller stays within the blob's length).
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         match &self.data {
-            SpooledData::Mem(v) => {
+            SpooledData::Mem(v, _) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX);
                 let src = start
                     .checked_add(buf.len())
@@ -182,7 +248,7 @@ impl Spooled {
     /// store, whose interface takes slices, needs this).
     pub(crate) fn bytes(&self) -> Result<SpooledBytes<'_>, StoreError> {
         match &self.data {
-            SpooledData::Mem(v) => Ok(SpooledBytes::Slice(v)),
+            SpooledData::Mem(v, _) => Ok(SpooledBytes::Slice(v)),
             SpooledData::Empty => Ok(SpooledBytes::Slice(&[])),
             SpooledData::File { file, temp } => {
                 // SAFETY: the spool file is private to this upload (created with create_new,
@@ -227,4 +293,38 @@ pub(crate) fn clean_spool_dir(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_past_the_memory_budget_spool_to_files_and_give_it_back_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemoryBudget::new(10);
+        let mut a = Upload::new(dir.path(), 1024, &budget);
+        a.write(b"12345678").unwrap();
+        assert_eq!(budget.used(), 8);
+        assert!(a.file.is_none());
+        // Within its own limit, but past the budget all uploads share: to a file.
+        let mut b = Upload::new(dir.path(), 1024, &budget);
+        b.write(b"abcdefgh").unwrap();
+        assert!(b.file.is_some());
+        assert_eq!(budget.used(), 8);
+        // An upload that moves to a file gives its memory back at once.
+        a.write(&[0u8; 2000]).unwrap();
+        assert!(a.file.is_some());
+        assert_eq!(budget.used(), 0);
+        let mut c = Upload::new(dir.path(), 1024, &budget);
+        c.write(b"xyz").unwrap();
+        let spooled = c.finish().unwrap();
+        assert_eq!(budget.used(), 3, "held while the blob waits for the writer");
+        let mut back = [0u8; 3];
+        spooled.read_at(0, &mut back).unwrap();
+        assert_eq!(&back, b"xyz");
+        drop(spooled);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
 }
