@@ -147,6 +147,9 @@ struct ServeArgs {
     /// Acknowledge PUTs without waiting for fsync (faster; a crash may lose recent PUTs).
     #[arg(long)]
     no_fsync: bool,
+    /// MiB kept in `<dir>/blobs.reserve` so that DELETEs still work on a full disk (0: none).
+    #[arg(long, default_value_t = 8)]
+    reserve_mib: u64,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -212,7 +215,9 @@ fn serve(a: ServeArgs) -> CliResult {
     }
     config.read_timeout = Duration::from_secs(a.read_timeout.max(1));
     let dir = a.dir.unwrap_or_else(default_data_dir);
-    let mut opts = StoreOptions::new(&dir).durable(!a.no_fsync);
+    let mut opts = StoreOptions::new(&dir)
+        .durable(!a.no_fsync)
+        .reserve_bytes(a.reserve_mib.saturating_mul(1024 * 1024));
     if let Some(r) = crate::recovery::from_cli_and_config(a.recovery_dir.as_deref(), &conf)? {
         opts = opts.recovery(r);
     }

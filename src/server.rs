@@ -259,6 +259,8 @@ enum Close {
     Silent,
     /// Send the replies gathered so far, then this error reply, then close.
     Error(String),
+    /// Like `Error`, for a failure already logged once for many requests (a full disk).
+    Expected(String),
 }
 
 struct Connection<'a> {
@@ -295,6 +297,11 @@ impl<'a> Connection<'a> {
         match close {
             Close::Quiet => {}
             Close::Silent => self.close_gracefully(),
+            Close::Expected(msg) => {
+                tracing::debug!(peer = self.peer, error = %msg, "request failed; sending error reply");
+                protocol::encode_error(&msg, &mut self.out);
+                self.close_gracefully();
+            }
             Close::Error(msg) => {
                 tracing::warn!(peer = self.peer, error = %msg, "request failed; sending error reply");
                 // `out` holds only whole replies to the requests before the failing one: they
@@ -416,7 +423,10 @@ impl<'a> Connection<'a> {
             }
             RequestEvent::Chunk(data) => {
                 if let Some((up, _)) = self.upload.as_mut() {
-                    up.write(data).map_err(|e| Close::Error(e.to_string()))?;
+                    up.write(data).map_err(|e| match e.is_no_space() {
+                        true => Close::Expected(format!("PUT failed: {e}")),
+                        false => Close::Error(e.to_string()),
+                    })?;
                 }
             }
             RequestEvent::End => {
@@ -426,6 +436,10 @@ impl<'a> Connection<'a> {
                 let spooled = up.finish().map_err(|e| Close::Error(e.to_string()))?;
                 let named = matches!(target, PutTarget::Named(..));
                 let key = self.ctx.store.commit(spooled, target).map_err(|e| {
+                    // A full disk is logged once per episode by the store, not per request.
+                    if e.is_no_space() {
+                        return Close::Expected(format!("PUT failed: {e}"));
+                    }
                     tracing::error!(peer = self.peer, error = %e, "PUT failed");
                     Close::Error(format!("PUT failed: {e}"))
                 })?;

@@ -6,11 +6,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
 use super::StoreError;
+use super::space::Space;
 use crate::key::{BlobKey, KeyHasher};
 use crate::protocol::MAX_BLOB_LEN;
 
@@ -38,6 +40,8 @@ pub struct Upload {
     file: Option<(File, TempFile)>,
     spool_dir: PathBuf,
     mem_limit: usize,
+    /// The store's reserve: no spool file while the disk is full.
+    space: Option<Arc<Space>>,
 }
 
 /// A received blob: its key, length and bytes, ready for the writer.
@@ -73,7 +77,7 @@ impl std::ops::Deref for SpooledBytes<'_> {
 }
 
 impl Upload {
-    pub(crate) fn new(spool_dir: &Path, mem_limit: usize) -> Upload {
+    pub(crate) fn new(spool_dir: &Path, mem_limit: usize, space: Option<Arc<Space>>) -> Upload {
         Upload {
             hasher: KeyHasher::new(),
             len: 0,
@@ -81,6 +85,18 @@ impl Upload {
             file: None,
             spool_dir: spool_dir.to_path_buf(),
             mem_limit,
+            space,
+        }
+    }
+
+    /// A spool failure; a full disk gets the store's no-space error.
+    fn spool_error(&self, path: &Path, e: std::io::Error) -> StoreError {
+        match &self.space {
+            Some(space) if e.kind() == std::io::ErrorKind::StorageFull => space.no_space(format!(
+                "cannot spool the upload to {}: {e}",
+                path.display()
+            )),
+            _ => StoreError::Spool(path.to_path_buf(), e),
         }
     }
 
@@ -106,6 +122,13 @@ impl Upload {
             return Ok(());
         }
         if self.file.is_none() {
+            // A spool file would take the room kept for DELETEs, unless space has returned.
+            if let Some(space) = self.space.as_ref().filter(|s| !s.try_restore()) {
+                return Err(space.no_space(format!(
+                    "uploads over {} bytes are refused while the disk is full",
+                    self.mem_limit
+                )));
+            }
             let n = SPOOL_COUNTER.fetch_add(1, Ordering::Relaxed);
             let path = self
                 .spool_dir
@@ -115,17 +138,21 @@ impl Upload {
                 .write(true)
                 .create_new(true)
                 .open(&path)
-                .map_err(|e| StoreError::Spool(path.clone(), e))?;
+                .map_err(|e| self.spool_error(&path, e))?;
             let mut file = (f, TempFile { path });
-            file.0
-                .write_all(&self.mem)
-                .map_err(|e| StoreError::Spool(file.1.path.clone(), e))?;
+            if let Err(e) = file.0.write_all(&self.mem) {
+                return Err(self.spool_error(&file.1.path, e));
+            }
             self.mem = Vec::new();
             self.file = Some(file);
         }
-        if let Some((f, t)) = self.file.as_mut() {
-            f.write_all(data)
-                .map_err(|e| StoreError::Spool(t.path.clone(), e))?;
+        if let Some((f, t)) = self.file.as_mut()
+            && let Err(e) = f.write_all(data)
+        {
+            let path = t.path.clone();
+            // The partial spool file goes at once: a full disk needs its space back.
+            self.file = None;
+            return Err(self.spool_error(&path, e));
         }
         Ok(())
     }
