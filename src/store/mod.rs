@@ -22,6 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -156,6 +157,10 @@ pub struct StoreOptions {
     /// full disk; 0 keeps none (then a full disk may fail DELETEs too). Costs this much disk.
     /// Default [`DEFAULT_RESERVE_BYTES`] (8 MiB). See `space.rs`.
     pub reserve_bytes: u64,
+    /// With `durable` off: the longest a commit stays non-durable. The writer makes a durable
+    /// commit once the oldest non-durable one is this old, so a crash loses at most the writes
+    /// of about this long (plus one commit's time). Default 1 s; each costs one fsync.
+    pub no_fsync_interval: Duration,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -187,6 +192,7 @@ impl StoreOptions {
             recovery: None,
             memory: None,
             reserve_bytes: DEFAULT_RESERVE_BYTES,
+            no_fsync_interval: Duration::from_secs(1),
         }
     }
 
@@ -198,6 +204,12 @@ impl StoreOptions {
     /// Sets [`reserve_bytes`](Self::reserve_bytes).
     pub fn reserve_bytes(mut self, bytes: u64) -> Self {
         self.reserve_bytes = bytes;
+        self
+    }
+
+    /// Sets [`no_fsync_interval`](Self::no_fsync_interval).
+    pub fn no_fsync_interval(mut self, interval: Duration) -> Self {
+        self.no_fsync_interval = interval;
         self
     }
 

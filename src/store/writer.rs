@@ -1,8 +1,9 @@
 //! The single writer thread: group commit of queued PUTs and DELETEs.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::schema::*;
@@ -41,12 +42,27 @@ enum Outcome {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
-    // Group commit sized by load: a batch is whatever was queued while the previous commit ran
-    // (up to `max_batch` operations and MAX_BATCH_BYTES). Waiting for more was measured and
-    // rejected: on two cores, N busy writers split into two alternating half-batches overlap one
-    // half's CPU work with the other half's fsync, while one full batch serialises them (17%
-    // fewer 4 KiB PUTs/s with 8 connections; BENCHMARKS.md).
-    while let Ok(first) = rx.recv() {
+    let mut lazy = LazySync::default();
+    loop {
+        // Group commit sized by load: a batch is whatever was queued while the previous commit
+        // ran (up to `max_batch` operations and MAX_BATCH_BYTES). Waiting for more was measured
+        // and rejected: on two cores, N busy writers split into two alternating half-batches
+        // overlap one half's CPU work with the other half's fsync, while one full batch
+        // serialises them (17% fewer 4 KiB PUTs/s with 8 connections; BENCHMARKS.md).
+        let first = match lazy.due_at(&shared) {
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => break,
+            },
+            Some(at) => match rx.recv_deadline(at) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    lazy.sync(&shared);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
         let mut batch = vec![first];
         let mut bytes = op_bytes(&batch[0]);
         while batch.len() < shared.opts.max_batch && bytes < MAX_BATCH_BYTES {
@@ -58,10 +74,62 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        let (results, _durable) = process(&shared, &batch);
+        let writes = batch
+            .iter()
+            .any(|op| !matches!(op, WriteOp::Barrier { .. }));
+        let (results, durable) = process(&shared, &batch);
         reply_all(batch, results);
+        if writes && !durable {
+            lazy.unsynced();
+        }
+        // Under steady load the channel never times out: sync between batches once due.
+        if lazy.due_at(&shared).is_some_and(|at| at <= Instant::now()) {
+            lazy.sync(&shared);
+        }
     }
     final_checkpoint(&shared);
+}
+
+/// With `durable` off: when the oldest commit that is not durable yet was made, so that a
+/// durable (empty) commit follows within `StoreOptions::no_fsync_interval` and a crash loses at
+/// most that much.
+#[derive(Default)]
+struct LazySync {
+    since: Option<Instant>,
+}
+
+impl LazySync {
+    fn unsynced(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn due_at(&self, shared: &Shared) -> Option<Instant> {
+        self.since.map(|t| t + shared.opts.no_fsync_interval)
+    }
+
+    /// A durable commit makes every earlier non-durable one durable (redb).
+    fn sync(&mut self, shared: &Shared) {
+        self.since = None;
+        let result = shared.db().and_then(|db| match &shared.wal {
+            Some(wal) => wal::checkpoint(&db, &mut *wal.lock().map_err(|_| StoreError::Closed)?),
+            None => {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                Ok(txn.commit()?)
+            }
+        });
+        if let Err(e) = result {
+            // The commits since the last durable one are lost with the database's reopen, as a
+            // crash would lose them.
+            tracing::warn!(error = %e, "periodic durable commit (--no-fsync) failed");
+            shared.invalidate();
+            if let Some(space) = &shared.space
+                && space::is_out_of_space(&e)
+            {
+                space.release(&e.to_string());
+            }
+        }
+    }
 }
 
 /// Commits `batch`; returns each operation's result and whether the commits were durable.
