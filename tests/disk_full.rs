@@ -98,6 +98,20 @@ fn a_full_disk_fails_puts_keeps_deletes_and_recovers_without_a_restart() {
     // Someone else's file on the same file system: removing it is one way space returns.
     std::fs::write(&filler, vec![7u8; FILLER]).expect("filler");
 
+    // An upload larger than the free space fails while it is spooled, and leaves nothing: its
+    // temp file goes at once, the reserve stays, the next PUT works.
+    let spool = store.join("spool");
+    let err = client(&server).put(&vec![3u8; 40 << 20]).unwrap_err();
+    eprintln!("40 MiB upload on a 48 MiB file system: {err}");
+    if let Some(msg) = err.server_message() {
+        assert!(msg.contains("no space left on device"), "{msg}");
+    }
+    assert_eq!(std::fs::read_dir(&spool).expect("spool dir").count(), 0);
+    assert!(store.join(blobvault::store::RESERVE_FILE).is_file());
+    client(&server)
+        .put(b"after a failed spool")
+        .expect("PUT after a failed spool");
+
     // Fill the disk: small blobs (through the write-ahead log), larger ones (direct commits),
     // named ones of one job (to delete as a job later).
     let mut rng = Rng::new(0xd15c);
@@ -196,6 +210,7 @@ fn a_full_disk_fails_puts_keeps_deletes_and_recovers_without_a_restart() {
     let starts = text.matches("PUTs fail until space is freed").count();
     let ends = text.matches("space returned").count();
     assert_eq!((starts, ends), (1, 1), "episode logging:\n{text}");
+    assert_eq!(text.matches("spool file").count(), 1, "{text}");
 
     // A SIGKILL loses nothing acknowledged; nothing half-written is visible.
     server.kill();

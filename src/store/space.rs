@@ -38,6 +38,8 @@ pub const RESERVE_FILE: &str = "blobs.reserve";
 /// failure a repair of the allocator state (a few hundred KiB for a file of tens of GiB).
 pub const DEFAULT_RESERVE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Most one warning about full spool writes per this long.
+const SPOOL_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// Without `statvfs`, how often making the ballast again is tried while out of space.
 const RETRY_WITHOUT_STATVFS: Duration = Duration::from_secs(1);
 
@@ -97,6 +99,8 @@ pub(crate) struct Space {
     /// failed).
     puts_may_fit: AtomicBool,
     last_try: std::sync::Mutex<Option<Instant>>,
+    /// When an upload last failed to spool for lack of space (logged once a minute at most).
+    spool_full: std::sync::Mutex<Option<Instant>>,
     guard: Arc<Guard>,
 }
 
@@ -111,6 +115,7 @@ impl Space {
             out_of_space: AtomicBool::new(false),
             puts_may_fit: AtomicBool::new(false),
             last_try: std::sync::Mutex::new(None),
+            spool_full: std::sync::Mutex::new(None),
             guard: Arc::new(Guard {
                 dir: dir.to_path_buf(),
                 faults,
@@ -141,6 +146,20 @@ impl Space {
         StoreError::NoSpace {
             dir: self.dir.clone(),
             detail: detail.into(),
+        }
+    }
+
+    /// An upload could not be spooled for lack of space. Its file goes at once, so the space
+    /// comes back and the reserve stays; logged once a minute at most, not per upload.
+    pub(crate) fn spool_failed(&self, path: &Path, e: &io::Error) {
+        let Ok(mut last) = self.spool_full.lock() else {
+            return;
+        };
+        if last.is_none_or(|t| t.elapsed() >= SPOOL_WARNING_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(dir = %self.dir.display(), path = %path.display(), error = %e,
+                "no space left on device for an upload's spool file: uploads over the in-memory \
+                 limit fail until space is freed");
         }
     }
 

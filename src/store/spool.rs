@@ -92,10 +92,13 @@ impl Upload {
     /// A spool failure; a full disk gets the store's no-space error.
     fn spool_error(&self, path: &Path, e: std::io::Error) -> StoreError {
         match &self.space {
-            Some(space) if e.kind() == std::io::ErrorKind::StorageFull => space.no_space(format!(
-                "cannot spool the upload to {}: {e}",
-                path.display()
-            )),
+            Some(space) if e.kind() == std::io::ErrorKind::StorageFull => {
+                space.spool_failed(path, &e);
+                space.no_space(format!(
+                    "cannot spool the upload to {}: {e}",
+                    path.display()
+                ))
+            }
             _ => StoreError::Spool(path.to_path_buf(), e),
         }
     }

@@ -160,7 +160,8 @@ fn process(shared: &Shared, batch: &[WriteOp]) -> (Vec<Result<Outcome, StoreErro
         }
         Err(e) => batch.iter().map(|_| Err(e.duplicate())).collect(),
     };
-    let durable = shared.opts.durable;
+    // A memory image has nothing to sync.
+    let durable = shared.opts.durable || shared.opts.memory.is_some();
     let Some(space) = &shared.space else {
         return (results, durable);
     };
