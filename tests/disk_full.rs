@@ -73,6 +73,20 @@ fn verify_cli(dir: &Path) -> String {
     text
 }
 
+/// Free bytes of the file system at `path` (`stat -f`: available blocks × block size).
+fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a %S"])
+        .arg(path)
+        .output()
+        .expect("run stat -f");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().expect("a number"));
+    it.next().expect("blocks") * it.next().expect("block size")
+}
+
 /// The error of a PUT refused for lack of space: says so, and names the store.
 fn assert_no_space(e: &ClientError, store: &Path) {
     let msg = e
@@ -193,6 +207,33 @@ fn a_full_disk_fails_puts_keeps_deletes_and_recovers_without_a_restart() {
         .put(&data)
         .expect("PUT into pages DELETEs freed");
     acked.push((BlobId::Content(key), data));
+
+    // PUTs that no longer fit fail again, without eating the room DELETEs need: fill up with
+    // uploads just under the in-memory limit, then a DELETE still goes through.
+    let mut fitted = 0;
+    let err = loop {
+        let data = rng.bytes(900_000);
+        match client(&server).put(&data) {
+            Ok(key) => acked.push((BlobId::Content(key), data)),
+            Err(e) => break e,
+        }
+        fitted += 1;
+        assert!(fitted < 100, "the freed space never ran out");
+    };
+    assert_no_space(&err, &store);
+    let free = free_bytes(&fs.path);
+    eprintln!("{fitted} more PUTs of 900 kB fitted in the space DELETEs freed; {free} bytes free");
+    assert!(
+        free >= 3 << 20,
+        "PUTs ate the room kept for DELETEs: {free} bytes free"
+    );
+    let (id, _) = acked.remove(0);
+    match &id {
+        BlobId::Content(k) => client(&server).delete(*k),
+        BlobId::Named(j, n) => client(&server).delete_named(*j, n),
+    }
+    .expect("DELETE after PUTs ran out of space again");
+    deleted.push(id);
 
     // Space returns on the file system: PUTs work again, large ones too, without a restart,
     // and the reserve is made again.

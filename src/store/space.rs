@@ -49,13 +49,27 @@ const RETRY_WITHOUT_STATVFS: Duration = Duration::from_secs(1);
 pub(crate) fn is_out_of_space(e: &StoreError) -> bool {
     match e {
         StoreError::NoSpace { .. } => true,
-        StoreError::Spool(_, io) | StoreError::Io(io) => io.kind() == io::ErrorKind::StorageFull,
+        StoreError::Spool(_, io) | StoreError::Io(io) => is_full(io),
         StoreError::Storage(s) | StoreError::Open(_, s) => {
             let s = s.to_ascii_lowercase();
-            s.contains("no space left on device") || s.contains("(os error 28)")
+            [
+                "no space left on device",
+                "(os error 28)",
+                "disk quota exceeded",
+            ]
+            .iter()
+            .any(|m| s.contains(m))
         }
         _ => false,
     }
+}
+
+/// ENOSPC, or EDQUOT (a user's quota is full: the reserve counts against it too).
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Refuses the database file's writes while armed and the file system is low (see the module
@@ -123,11 +137,16 @@ impl Space {
                 floor: AtomicU64::new(bytes / 2),
             }),
         };
-        if let Err(e) = space.make_ballast() {
-            space.enter(&format!(
+        match space.make_ballast() {
+            Ok(()) => {}
+            Err(e) if is_full(&e) => space.enter(&format!(
                 "cannot make the reserve {}: {e}",
                 space.path.display()
-            ));
+            )),
+            // Not a full disk (permissions, a file system without the calls): no reserve, and
+            // a full disk may then fail DELETEs too.
+            Err(e) => tracing::warn!(path = %space.path.display(), error = %e,
+                "cannot make the reserve that keeps DELETEs working on a full disk"),
         }
         space
     }

@@ -92,7 +92,7 @@ impl Upload {
     /// A spool failure; a full disk gets the store's no-space error.
     fn spool_error(&self, path: &Path, e: std::io::Error) -> StoreError {
         match &self.space {
-            Some(space) if e.kind() == std::io::ErrorKind::StorageFull => {
+            Some(space) if super::space::is_full(&e) => {
                 space.spool_failed(path, &e);
                 space.no_space(format!(
                     "cannot spool the upload to {}: {e}",
