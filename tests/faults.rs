@@ -182,7 +182,9 @@ fn a_full_disk_releases_the_reserve_keeps_deletes_and_fails_puts_fast_until_heal
     // From now on PUTs fail fast, small ones and uploads too large for memory alike.
     no_space(store.put(b"small").unwrap_err());
     let mut up = store.upload();
-    no_space(up.write(&pattern(2 << 20, 7)).unwrap_err());
+    up.write(b"head").unwrap();
+    let spooled = pattern(2 << 20, 7);
+    no_space(up.write(&spooled).unwrap_err());
     // DELETEs still work, by key and by name.
     assert_eq!(store.delete(DeleteTarget::Content(keys[0])).unwrap(), 1);
     let job = blobvault::JobId::from_parts(5, 5);
@@ -194,6 +196,11 @@ fn a_full_disk_releases_the_reserve_keeps_deletes_and_fails_puts_fast_until_heal
     );
 
     ts.faults.heal();
+    // The refused write left the upload as it was: it goes on once space returned.
+    up.write(&spooled).unwrap();
+    let whole = [&b"head"[..], &spooled].concat();
+    let key = store.commit(up.finish().unwrap(), blobvault::PutTarget::Content);
+    assert_eq!(key.unwrap(), BlobKey::of(&whole));
     let big = pattern(3 << 20, 42);
     assert_eq!(store.put(&big).unwrap(), BlobKey::of(&big));
     assert!(!store.is_out_of_space());

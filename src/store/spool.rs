@@ -42,6 +42,8 @@ pub struct Upload {
     mem_limit: usize,
     /// The store's reserve: no spool file while the disk is full.
     space: Option<Arc<Space>>,
+    /// A write failed and its spool file is gone: the upload cannot be finished.
+    broken: bool,
 }
 
 /// A received blob: its key, length and bytes, ready for the writer.
@@ -86,7 +88,15 @@ impl Upload {
             spool_dir: spool_dir.to_path_buf(),
             mem_limit,
             space,
+            broken: false,
         }
+    }
+
+    fn broken_error(&self) -> StoreError {
+        StoreError::Spool(
+            self.spool_dir.clone(),
+            std::io::Error::other("an earlier write of this upload failed"),
+        )
     }
 
     /// A spool failure; a full disk gets the store's no-space error.
@@ -114,13 +124,18 @@ impl Upload {
 
     /// Appends `data`. Fails once the blob would exceed 2 GiB − 1 (it could never be served).
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if self.broken {
+            return Err(self.broken_error());
+        }
         let new_len = self.len + data.len() as u64;
         if new_len > MAX_BLOB_LEN {
             return Err(StoreError::TooLarge(new_len));
         }
-        self.hasher.update(data);
-        self.len = new_len;
+        // The hash and length count `data` only once it is stored: a refused write leaves the
+        // upload as it was.
         if self.file.is_none() && self.mem.len() + data.len() <= self.mem_limit {
+            self.hasher.update(data);
+            self.len = new_len;
             self.mem.extend_from_slice(data);
             return Ok(());
         }
@@ -155,13 +170,19 @@ impl Upload {
             let path = t.path.clone();
             // The partial spool file goes at once: a full disk needs its space back.
             self.file = None;
+            self.broken = true;
             return Err(self.spool_error(&path, e));
         }
+        self.hasher.update(data);
+        self.len = new_len;
         Ok(())
     }
 
     /// Ends the upload: computes the key.
     pub fn finish(self) -> Result<Spooled, StoreError> {
+        if self.broken {
+            return Err(self.broken_error());
+        }
         let key = self.hasher.finish();
         let data = match self.file {
             None if self.mem.is_empty() => SpooledData::Empty,
