@@ -295,3 +295,71 @@ fn a_full_disk_fails_puts_keeps_deletes_and_recovers_without_a_restart() {
     let report = verify_cli(&store);
     eprintln!("{}", report.trim());
 }
+
+/// Creates `path` with whatever space its file system has left.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("create filler");
+    let block = vec![9u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    // The last, partial block: whatever still fits.
+    for _ in 0..256 {
+        if f.write_all(&block[..4096]).is_err() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_server_killed_before_the_disk_filled_restarts_on_it_with_the_reserve() {
+    let fs = Tmpfs::mount(32 << 20);
+    let store = fs.path.join("store");
+    let args = [std::ffi::OsStr::new("--dir"), store.as_os_str()];
+    let server = ServeProcess::spawn(&args);
+    let mut rng = Rng::new(0xf111);
+    let mut c = client(&server);
+    let mut acked: Vec<(BlobId, Vec<u8>)> = (0..20)
+        .map(|i| {
+            let data = rng.bytes(if i % 2 == 0 { 300_000 } else { 3_000 });
+            (BlobId::Content(c.put(&data).expect("PUT")), data)
+        })
+        .collect();
+    // Killed with the small blobs only in the log: the next open must replay it and repair the
+    // database, both of which write.
+    server.kill();
+    let filler = fs.path.join("filler");
+    fill(&filler);
+
+    let server = ServeProcess::spawn(&args);
+    // The open itself needed the reserve.
+    assert!(!store.join(blobvault::store::RESERVE_FILE).exists());
+    let mut c = client(&server);
+    for (id, data) in &acked {
+        assert_eq!(&c.get_bytes(id).expect("acknowledged blob"), data, "{id}");
+    }
+    let (deleted, _) = acked.remove(0);
+    let BlobId::Content(key) = deleted else {
+        unreachable!()
+    };
+    c.delete(key)
+        .expect("DELETE after a restart on a full disk");
+    let err = client(&server).put(&rng.bytes(2 << 20)).unwrap_err();
+    assert_no_space(&err, &store);
+
+    std::fs::remove_file(&filler).expect("remove filler");
+    let data = rng.bytes(2 << 20);
+    let key = client(&server).put(&data).expect("PUT once space returned");
+    acked.push((BlobId::Content(key), data));
+    server.kill();
+    let server = ServeProcess::spawn(&args);
+    let mut c = client(&server);
+    for (id, data) in &acked {
+        assert_eq!(&c.get_bytes(id).expect("acknowledged blob"), data, "{id}");
+    }
+    assert!(
+        client(&server).get_bytes(&deleted).is_err(),
+        "deleted blob back"
+    );
+    server.kill();
+    verify_cli(&store);
+}
