@@ -162,9 +162,24 @@ struct ServeArgs {
     /// towards the hard one to fit).
     #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Acknowledge PUTs without waiting for fsync (faster; a crash may lose recent PUTs).
+    /// Acknowledge PUTs without waiting for fsync (faster; a crash may lose the PUTs and
+    /// DELETEs of the last --no-fsync-interval seconds).
     #[arg(long)]
     no_fsync: bool,
+    /// With --no-fsync: seconds after which a write is made durable in the background, the most
+    /// a crash can lose (decimals allowed).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    no_fsync_interval: f64,
+    /// MiB kept in `<dir>/blobs.reserve` so that DELETEs still work on a full disk (0: none).
+    #[arg(long, default_value_t = 8)]
+    reserve_mib: u64,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!("expected seconds between 0 and 86400, got {s:?}")),
+    }
 }
 
 /// Seconds, fractions allowed; more than zero.
@@ -252,7 +267,10 @@ fn serve(a: ServeArgs) -> CliResult {
         tracing::debug!(limit, "descriptor limit");
     }
     let dir = a.dir.unwrap_or_else(default_data_dir);
-    let mut opts = StoreOptions::new(&dir).durable(!a.no_fsync);
+    let mut opts = StoreOptions::new(&dir)
+        .durable(!a.no_fsync)
+        .no_fsync_interval(Duration::from_secs_f64(a.no_fsync_interval))
+        .reserve_bytes(a.reserve_mib.saturating_mul(1024 * 1024));
     if let Some(r) = crate::recovery::from_cli_and_config(a.recovery_dir.as_deref(), &conf)? {
         opts = opts.recovery(r);
     }

@@ -215,3 +215,96 @@ fn sigkill_during_a_large_put_leaves_nothing_half_written() {
         }
     }
 }
+
+/// `--no-fsync` bounds what a crash loses: a background durable commit follows every write
+/// within `--no-fsync-interval` (1 s by default), idle or under load.
+#[test]
+fn sigkill_with_no_fsync_loses_only_the_last_interval() {
+    use std::time::{Duration, Instant};
+    // The documented bound, and a margin for the durable commit itself (one fsync) on a machine
+    // shared with other builds.
+    const BOUND: Duration = Duration::from_secs(1);
+    const MARGIN: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        std::ffi::OsStr::new("--dir"),
+        dir.path().as_os_str(),
+        std::ffi::OsStr::new("--no-fsync"),
+    ];
+    let server = Server::spawn(&args);
+    let mut rng = Rng(0xf5_1c);
+    let mut c = BlobClient::connect(server.addr).unwrap();
+    // Idle after a burst: the writer's timeout makes them durable.
+    let mut acked: Vec<(BlobId, Vec<u8>, Instant)> = Vec::new();
+    for i in 0..100 {
+        let data = rng.bytes(if i % 10 == 0 { 300_000 } else { 4_000 });
+        let key = c.put(&data).unwrap();
+        acked.push((BlobId::Content(key), data, Instant::now()));
+    }
+    std::thread::sleep(BOUND + MARGIN);
+    // Then under steady load, killed while it runs: the writer syncs between batches.
+    let (stop_tx, stop_rx) = unbounded::<()>();
+    let addr = server.addr;
+    let load = std::thread::spawn(move || {
+        let mut rng = Rng(0x10ad);
+        let mut c = BlobClient::connect(addr).unwrap();
+        let mut acked = Vec::new();
+        while stop_rx.try_recv().is_err() {
+            let size = 4_000 + (rng.next() % 60_000) as usize;
+            let data = rng.bytes(size);
+            match c.put(&data) {
+                Ok(key) => acked.push((BlobId::Content(key), data, Instant::now())),
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let killed = Instant::now();
+    server.kill();
+    let _ = stop_tx.send(());
+    let under_load = load.join().unwrap();
+    let durable_by = killed - BOUND - MARGIN;
+    let early: Vec<_> = under_load
+        .iter()
+        .filter(|(_, _, at)| *at < durable_by)
+        .collect();
+    eprintln!(
+        "{} acknowledged under load, {} of them over {:?} before the kill",
+        under_load.len(),
+        early.len(),
+        BOUND + MARGIN
+    );
+    assert!(
+        !early.is_empty(),
+        "the load phase acknowledged nothing early enough"
+    );
+    let must: Vec<_> = acked.iter().chain(early).collect();
+
+    let server = start(dir.path());
+    let mut c = BlobClient::connect(server.addr).unwrap();
+    for (id, data, at) in must {
+        let got = c.get_bytes(id);
+        assert!(
+            got.as_ref().is_ok_and(|g| g == data),
+            "{id}, acknowledged {:?} before the kill, lost or damaged",
+            killed - *at
+        );
+    }
+    // For the record: how recent the oldest lost acknowledgement was.
+    let lost = under_load
+        .iter()
+        .filter(|(id, _, _)| {
+            let missing = c.get_bytes(id).is_err();
+            if missing {
+                // An error reply closes the connection.
+                c = BlobClient::connect(server.addr).unwrap();
+            }
+            missing
+        })
+        .map(|(_, _, at)| killed - *at)
+        .max();
+    eprintln!("oldest acknowledgement lost: {lost:?} before the kill");
+    server.kill();
+    verify_cli(dir.path());
+}

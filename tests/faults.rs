@@ -154,3 +154,63 @@ fn a_store_refuses_a_zero_chunk_size() {
     // Nothing was recorded: a valid size works afterwards.
     assert!(StoreOptions::new(dir.path()).open().is_ok());
 }
+
+#[test]
+fn a_full_disk_releases_the_reserve_keeps_deletes_and_fails_puts_fast_until_healed() {
+    use blobvault::DeleteTarget;
+    use blobvault::store::{DEFAULT_RESERVE_BYTES, RESERVE_FILE};
+    let ts = TestServer::start_durable();
+    let store = ts.store();
+    let reserve = store.dir().join(RESERVE_FILE);
+    let len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    assert_eq!(len(&reserve), Some(DEFAULT_RESERVE_BYTES));
+    let blobs: Vec<Vec<u8>> = (0..20u8)
+        .map(|i| pattern(10_000 + i as usize * 3000, i))
+        .collect();
+    let keys: Vec<BlobKey> = blobs.iter().map(|b| store.put(b).unwrap()).collect();
+
+    ts.faults.disk_full();
+    let no_space = |e: blobvault::StoreError| {
+        assert!(e.is_no_space(), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("no space left on device"), "{msg}");
+        assert!(msg.contains(&store.dir().display().to_string()), "{msg}");
+    };
+    no_space(store.put(&pattern(8 << 20, 99)).unwrap_err());
+    assert!(store.is_out_of_space());
+    assert_eq!(len(&reserve), None, "the reserve is given back at once");
+    // From now on PUTs fail fast, small ones and uploads too large for memory alike.
+    no_space(store.put(b"small").unwrap_err());
+    let mut up = store.upload();
+    up.write(b"head").unwrap();
+    let spooled = pattern(2 << 20, 7);
+    no_space(up.write(&spooled).unwrap_err());
+    // DELETEs still work, by key and by name.
+    assert_eq!(store.delete(DeleteTarget::Content(keys[0])).unwrap(), 1);
+    let job = blobvault::JobId::from_parts(5, 5);
+    assert_eq!(
+        store
+            .delete(DeleteTarget::Named(job, "absent".into()))
+            .unwrap(),
+        0
+    );
+
+    ts.faults.heal();
+    // The refused write left the upload as it was: it goes on once space returned.
+    up.write(&spooled).unwrap();
+    let whole = [&b"head"[..], &spooled].concat();
+    let key = store.commit(up.finish().unwrap(), blobvault::PutTarget::Content);
+    assert_eq!(key.unwrap(), BlobKey::of(&whole));
+    let big = pattern(3 << 20, 42);
+    assert_eq!(store.put(&big).unwrap(), BlobKey::of(&big));
+    assert!(!store.is_out_of_space());
+    assert_eq!(len(&reserve), Some(DEFAULT_RESERVE_BYTES));
+    assert!(!store.contains(&BlobId::Content(keys[0])).unwrap());
+    for (k, b) in keys.iter().zip(&blobs).skip(1) {
+        assert_eq!(
+            store.get_bytes(&BlobId::Content(*k)).unwrap().as_ref(),
+            Some(b)
+        );
+    }
+    assert!(store.verify().unwrap().is_clean());
+}

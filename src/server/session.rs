@@ -45,6 +45,8 @@ pub(super) enum Close {
     Silent,
     /// Send the replies gathered so far, then this error reply, then close.
     Error(String),
+    /// Like `Error`, for a failure the store logs once for many requests (a full disk).
+    Expected(String),
 }
 
 /// What writing to the socket achieved.
@@ -213,9 +215,16 @@ impl Session {
         self.upload = None;
         self.blob = None;
         self.stash = Vec::new();
-        if let Close::Error(msg) = close {
-            tracing::warn!(peer, error = %msg, "request failed; sending error reply");
-            protocol::encode_error(msg, &mut self.out);
+        match close {
+            Close::Error(msg) => {
+                tracing::warn!(peer, error = %msg, "request failed; sending error reply");
+                protocol::encode_error(msg, &mut self.out);
+            }
+            Close::Expected(msg) => {
+                tracing::debug!(peer, error = %msg, "request failed; sending error reply");
+                protocol::encode_error(msg, &mut self.out);
+            }
+            Close::Quiet | Close::Silent => {}
         }
     }
 
@@ -248,7 +257,10 @@ impl Session {
             }
             RequestEvent::Chunk(data) => {
                 if let Some((up, _)) = self.upload.as_mut() {
-                    up.write(data).map_err(|e| Close::Error(e.to_string()))?;
+                    up.write(data).map_err(|e| match e.is_no_space() {
+                        true => Close::Expected(format!("PUT failed: {e}")),
+                        false => Close::Error(e.to_string()),
+                    })?;
                 }
             }
             RequestEvent::End => {
@@ -258,6 +270,10 @@ impl Session {
                 let spooled = up.finish().map_err(|e| Close::Error(e.to_string()))?;
                 let named = matches!(target, PutTarget::Named(..));
                 let key = store.commit(spooled, target).map_err(|e| {
+                    // A full disk is logged once per episode by the store, not per request.
+                    if e.is_no_space() {
+                        return Close::Expected(format!("PUT failed: {e}"));
+                    }
                     tracing::error!(peer, error = %e, "PUT failed");
                     Close::Error(format!("PUT failed: {e}"))
                 })?;

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use redb::{BackendError, StorageBackend};
 
+use super::space::Guard;
+
 /// Switches injected storage failures on and off. Clones share one switch.
 #[derive(Debug, Clone, Default)]
 pub struct FaultSwitch(Arc<AtomicU8>);
@@ -43,9 +45,15 @@ impl FaultSwitch {
     pub(crate) fn check_write(&self, grows: bool) -> io::Result<()> {
         match self.mode() {
             ALL => Err(FaultyBackend::injected("log write")),
-            FULL if grows => Err(FaultyBackend::injected("log grow")),
+            FULL if grows => Err(FaultyBackend::injected_full("log grow")),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the switch says the file system has no space (see `space.rs`): free space then
+    /// reads as zero, so the store's reserve logic sees the disk the backends simulate.
+    pub(crate) fn simulates_full(&self) -> bool {
+        self.mode() != OFF
     }
 
     fn mode(&self) -> u8 {
@@ -59,6 +67,8 @@ impl FaultSwitch {
 pub(crate) struct FaultyBackend {
     inner: Box<dyn StorageBackend>,
     switch: FaultSwitch,
+    /// The store's own guard for a full disk (see `space.rs`); not a fault injection.
+    guard: Option<Arc<Guard>>,
 }
 
 impl FaultyBackend {
@@ -66,13 +76,28 @@ impl FaultyBackend {
         FaultyBackend {
             inner: Box::new(inner),
             switch,
+            guard: None,
         }
+    }
+
+    /// Also refuses writes when `guard` says the disk is too full for them.
+    pub(crate) fn with_guard(mut self, guard: Arc<Guard>) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     fn injected(what: &str) -> io::Error {
         io::Error::new(
             io::ErrorKind::StorageFull,
             format!("injected storage fault ({what})"),
+        )
+    }
+
+    /// Like a real full disk's error, which the store recognises by its text.
+    fn injected_full(what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("no space left on device (injected storage fault: {what})"),
         )
     }
 }
@@ -89,8 +114,13 @@ impl StorageBackend for FaultyBackend {
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
         match self.switch.mode() {
             ALL => return Err(Self::injected("set_len")),
-            FULL if len > self.inner.len()? => return Err(Self::injected("grow")),
+            FULL if len > self.inner.len()? => return Err(Self::injected_full("grow")),
             _ => {}
+        }
+        if let Some(g) = &self.guard
+            && len > self.inner.len()?
+        {
+            g.check()?;
         }
         self.inner.set_len(len)
     }
@@ -106,9 +136,12 @@ impl StorageBackend for FaultyBackend {
         match self.switch.mode() {
             ALL => return Err(Self::injected("write")),
             FULL if offset + data.len() as u64 > self.inner.len()? => {
-                return Err(Self::injected("write past end"));
+                return Err(Self::injected_full("write past end"));
             }
             _ => {}
+        }
+        if let Some(g) = &self.guard {
+            g.check()?;
         }
         self.inner.write(offset, data)
     }

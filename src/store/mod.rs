@@ -11,6 +11,7 @@ mod memory;
 mod oneshot;
 mod read;
 pub(crate) mod schema;
+mod space;
 mod spool;
 mod verify;
 mod wal;
@@ -21,6 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -30,6 +32,7 @@ pub(crate) use handle::DbHandle;
 pub use memory::MemoryImage;
 pub use read::{BlobReader, Chunk};
 pub use schema::ContentMeta;
+pub use space::{DEFAULT_RESERVE_BYTES, RESERVE_FILE};
 pub use spool::{Spooled, Upload};
 pub use verify::{Damage, VerifyReport};
 pub use wal::WAL_FILE;
@@ -70,17 +73,38 @@ pub enum StoreError {
     Recovery(String),
     #[error("the store is closed")]
     Closed,
+    /// The file system holding the store is full (see [`StoreOptions::reserve_bytes`]).
+    #[error(
+        "no space left on device for the store at {}: {detail}; DELETE blobs or free space on \
+         its file system (PUTs resume then, without a restart)",
+        dir.display()
+    )]
+    NoSpace {
+        /// The store directory.
+        dir: PathBuf,
+        /// What could not be written.
+        detail: String,
+    },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
 impl StoreError {
+    /// Whether the store's file system is full: the operation may succeed once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        space::is_out_of_space(self)
+    }
+
     /// The same error for another waiter of a failed group commit (I/O errors are not `Clone`).
     pub(crate) fn duplicate(&self) -> StoreError {
         match self {
             StoreError::Storage(s) => StoreError::Storage(s.clone()),
             StoreError::Recovery(s) => StoreError::Recovery(s.clone()),
             StoreError::Closed => StoreError::Closed,
+            StoreError::NoSpace { dir, detail } => StoreError::NoSpace {
+                dir: dir.clone(),
+                detail: detail.clone(),
+            },
             other => StoreError::Storage(other.to_string()),
         }
     }
@@ -132,6 +156,14 @@ pub struct StoreOptions {
     /// Keep the database in this image instead of `dir/blobs.redb` (`dir` still holds the
     /// upload spool). Nothing survives the process; `durable` has nothing to sync.
     pub memory: Option<MemoryImage>,
+    /// Bytes of the ballast file (`dir/blobs.reserve`) kept so that DELETEs still work on a
+    /// full disk; 0 keeps none (then a full disk may fail DELETEs too). Costs this much disk.
+    /// Default [`DEFAULT_RESERVE_BYTES`] (8 MiB). See `space.rs`.
+    pub reserve_bytes: u64,
+    /// With `durable` off: the longest a commit stays non-durable. The writer makes a durable
+    /// commit once the oldest non-durable one is this old, so a crash loses at most the writes
+    /// of about this long (plus one commit's time). Default 1 s; each costs one fsync.
+    pub no_fsync_interval: Duration,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -163,11 +195,25 @@ impl StoreOptions {
             faults: FaultSwitch::new(),
             recovery: None,
             memory: None,
+            reserve_bytes: DEFAULT_RESERVE_BYTES,
+            no_fsync_interval: Duration::from_secs(1),
         }
     }
 
     pub fn durable(mut self, on: bool) -> Self {
         self.durable = on;
+        self
+    }
+
+    /// Sets [`reserve_bytes`](Self::reserve_bytes).
+    pub fn reserve_bytes(mut self, bytes: u64) -> Self {
+        self.reserve_bytes = bytes;
+        self
+    }
+
+    /// Sets [`no_fsync_interval`](Self::no_fsync_interval).
+    pub fn no_fsync_interval(mut self, interval: Duration) -> Self {
+        self.no_fsync_interval = interval;
         self
     }
 
@@ -223,6 +269,8 @@ pub(crate) struct Shared {
     db: handle::DbHandle,
     /// The write-ahead log of a store on disk (`wal.rs`); `None` for a memory image.
     wal: Option<Arc<Mutex<wal::Wal>>>,
+    /// The reserve for a full disk of a store on disk (`space.rs`); `None` for a memory image.
+    space: Option<Arc<space::Space>>,
     spool_dir: PathBuf,
     spool_budget: spool::MemoryBudget,
     opts: StoreOptions,
@@ -268,10 +316,24 @@ pub(crate) fn open_db_file(
     builder: &redb::Builder,
     faults: &FaultSwitch,
 ) -> Result<Database, StoreError> {
+    open_db_file_guarded(path, builder, faults, None)
+}
+
+/// [`open_db_file`], with the store's full-disk guard when given.
+fn open_db_file_guarded(
+    path: &Path,
+    builder: &redb::Builder,
+    faults: &FaultSwitch,
+    guard: Option<Arc<space::Guard>>,
+) -> Result<Database, StoreError> {
     let file = redb::backends::FileBackend::new(open_rw(path)?)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+    let mut backend = faults::FaultyBackend::new(file, faults.clone());
+    if let Some(g) = guard {
+        backend = backend.with_guard(g);
+    }
     builder
-        .create_with_backend(faults::FaultyBackend::new(file, faults.clone()))
+        .create_with_backend(backend)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
 }
 
@@ -304,6 +366,16 @@ impl BlobStore {
         let created_dir = !opts.dir.exists();
         fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
+        // The reserve first: on a nearly full disk it is what the open may need.
+        let space = match opts.memory {
+            Some(_) => None,
+            None => Some(Arc::new(space::Space::open(
+                &opts.dir,
+                opts.reserve_bytes,
+                opts.faults.clone(),
+            ))),
+        };
+        let guard = space.as_ref().map(|s| s.guard());
         // Every open of a store on disk replays its log, durable or not: a store last used
         // durably may hold acknowledged writes only there.
         let wal = match opts.memory {
@@ -320,12 +392,12 @@ impl BlobStore {
             opts.chunk_size as u64,
             wal.clone(),
         );
-        let db = handle::DbHandle::open(opts.dir.join(DB_FILE), move |path| {
+        let attempt = move |path: &Path| {
             let mut b = Database::builder();
             b.set_cache_size(cache_size);
             let db = match &memory {
                 Some(image) => open_db_memory(path, &b, image, &faults)?,
-                None => open_db_file(path, &b, &faults)?,
+                None => open_db_file_guarded(path, &b, &faults, guard.clone())?,
             };
             if let Some(log) = &log {
                 let layout = init_schema(&db, chunk_size)?;
@@ -334,6 +406,20 @@ impl BlobStore {
                     .replay(&db, layout)?;
             }
             Ok(db)
+        };
+        let reserve = space.clone();
+        let db = handle::DbHandle::open(opts.dir.join(DB_FILE), move |path| {
+            match attempt(path) {
+                // Opening writes too (a repair after a crash, the log's replay): on a full disk
+                // it gets the reserve.
+                Err(e)
+                    if space::is_out_of_space(&e)
+                        && reserve.as_ref().is_some_and(|s| s.release(&e.to_string())) =>
+                {
+                    attempt(path)
+                }
+                other => other,
+            }
         })?;
         let layout = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
         if opts.memory.is_none() {
@@ -351,6 +437,7 @@ impl BlobStore {
             db,
             wal,
             spool_budget: spool::MemoryBudget::new(opts.spool_memory_total),
+            space,
             spool_dir,
             opts,
             layout,
@@ -381,6 +468,12 @@ impl BlobStore {
         self.inner.shared.layout.chunk_size
     }
 
+    /// Whether the store is out of space: PUTs fail with [`StoreError::NoSpace`] until space is
+    /// freed (DELETEs still work). Always `false` for a memory image.
+    pub fn is_out_of_space(&self) -> bool {
+        self.inner.shared.space.as_ref().is_some_and(|s| s.is_out())
+    }
+
     /// The recovery store writes are replicated to, if any.
     pub fn recovery(&self) -> Option<&Arc<dyn RecoveryStore>> {
         self.inner.shared.opts.recovery.as_ref()
@@ -392,6 +485,7 @@ impl BlobStore {
             &self.inner.shared.spool_dir,
             self.inner.shared.opts.spool_memory_limit,
             &self.inner.shared.spool_budget,
+            self.inner.shared.space.clone(),
         )
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::Mmap;
 
 use super::StoreError;
+use super::space::Space;
 use crate::key::{BlobKey, KeyHasher};
 use crate::protocol::MAX_BLOB_LEN;
 
@@ -86,6 +87,10 @@ pub struct Upload {
     spool_dir: PathBuf,
     mem_limit: usize,
     charge: Charge,
+    /// The store's reserve: no spool file while the disk is full.
+    space: Option<Arc<Space>>,
+    /// A write failed and its spool file is gone: the upload cannot be finished.
+    broken: bool,
 }
 
 /// A received blob: its key, length and bytes, ready for the writer.
@@ -126,7 +131,12 @@ impl std::ops::Deref for SpooledBytes<'_> {
 }
 
 impl Upload {
-    pub(crate) fn new(spool_dir: &Path, mem_limit: usize, budget: &MemoryBudget) -> Upload {
+    pub(crate) fn new(
+        spool_dir: &Path,
+        mem_limit: usize,
+        budget: &MemoryBudget,
+        space: Option<Arc<Space>>,
+    ) -> Upload {
         Upload {
             hasher: KeyHasher::new(),
             len: 0,
@@ -138,6 +148,29 @@ impl Upload {
                 budget: budget.clone(),
                 bytes: 0,
             },
+            space,
+            broken: false,
+        }
+    }
+
+    fn broken_error(&self) -> StoreError {
+        StoreError::Spool(
+            self.spool_dir.clone(),
+            std::io::Error::other("an earlier write of this upload failed"),
+        )
+    }
+
+    /// A spool failure; a full disk gets the store's no-space error.
+    fn spool_error(&self, path: &Path, e: std::io::Error) -> StoreError {
+        match &self.space {
+            Some(space) if super::space::is_full(&e) => {
+                space.spool_failed(path, &e);
+                space.no_space(format!(
+                    "cannot spool the upload to {}: {e}",
+                    path.display()
+                ))
+            }
+            _ => StoreError::Spool(path.to_path_buf(), e),
         }
     }
 
@@ -152,21 +185,33 @@ impl Upload {
 
     /// Appends `data`. Fails once the blob would exceed 2 GiB − 1 (it could never be served).
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if self.broken {
+            return Err(self.broken_error());
+        }
         let new_len = self.len + data.len() as u64;
         if new_len > MAX_BLOB_LEN {
             return Err(StoreError::TooLarge(new_len));
         }
-        self.hasher.update(data);
-        self.len = new_len;
+        // The hash and length count `data` only once it is stored: a refused write leaves the
+        // upload as it was.
         if self.file.is_none()
             && self.mem.len() + data.len() <= self.mem_limit
             && self.charge.budget.take(data.len() as u64)
         {
             self.charge.bytes += data.len() as u64;
+            self.hasher.update(data);
+            self.len = new_len;
             self.mem.extend_from_slice(data);
             return Ok(());
         }
         if self.file.is_none() {
+            // A spool file would take the room kept for DELETEs, unless space has returned.
+            if let Some(space) = self.space.as_ref().filter(|s| !s.try_restore()) {
+                return Err(space.no_space(format!(
+                    "uploads over {} bytes are refused while the disk is full",
+                    self.mem_limit
+                )));
+            }
             let n = SPOOL_COUNTER.fetch_add(1, Ordering::Relaxed);
             let path = self
                 .spool_dir
@@ -176,11 +221,11 @@ impl Upload {
                 .write(true)
                 .create_new(true)
                 .open(&path)
-                .map_err(|e| StoreError::Spool(path.clone(), e))?;
+                .map_err(|e| self.spool_error(&path, e))?;
             let mut file = (f, TempFile { path });
-            file.0
-                .write_all(&self.mem)
-                .map_err(|e| StoreError::Spool(file.1.path.clone(), e))?;
+            if let Err(e) = file.0.write_all(&self.mem) {
+                return Err(self.spool_error(&file.1.path, e));
+            }
             self.mem = Vec::new();
             self.charge
                 .budget
@@ -189,15 +234,25 @@ impl Upload {
             self.charge.bytes = 0;
             self.file = Some(file);
         }
-        if let Some((f, t)) = self.file.as_mut() {
-            f.write_all(data)
-                .map_err(|e| StoreError::Spool(t.path.clone(), e))?;
+        if let Some((f, t)) = self.file.as_mut()
+            && let Err(e) = f.write_all(data)
+        {
+            let path = t.path.clone();
+            // The partial spool file goes at once: a full disk needs its space back.
+            self.file = None;
+            self.broken = true;
+            return Err(self.spool_error(&path, e));
         }
+        self.hasher.update(data);
+        self.len = new_len;
         Ok(())
     }
 
     /// Ends the upload: computes the key.
     pub fn finish(self) -> Result<Spooled, StoreError> {
+        if self.broken {
+            return Err(self.broken_error());
+        }
         let key = self.hasher.finish();
         let data = match self.file {
             None if self.mem.is_empty() => SpooledData::Empty,
@@ -303,12 +358,12 @@ mod tests {
     fn uploads_past_the_memory_budget_spool_to_files_and_give_it_back_when_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let budget = MemoryBudget::new(10);
-        let mut a = Upload::new(dir.path(), 1024, &budget);
+        let mut a = Upload::new(dir.path(), 1024, &budget, None);
         a.write(b"12345678").unwrap();
         assert_eq!(budget.used(), 8);
         assert!(a.file.is_none());
         // Within its own limit, but past the budget all uploads share: to a file.
-        let mut b = Upload::new(dir.path(), 1024, &budget);
+        let mut b = Upload::new(dir.path(), 1024, &budget, None);
         b.write(b"abcdefgh").unwrap();
         assert!(b.file.is_some());
         assert_eq!(budget.used(), 8);
@@ -316,7 +371,7 @@ mod tests {
         a.write(&[0u8; 2000]).unwrap();
         assert!(a.file.is_some());
         assert_eq!(budget.used(), 0);
-        let mut c = Upload::new(dir.path(), 1024, &budget);
+        let mut c = Upload::new(dir.path(), 1024, &budget, None);
         c.write(b"xyz").unwrap();
         let spooled = c.finish().unwrap();
         assert_eq!(budget.used(), 3, "held while the blob waits for the writer");

@@ -1,12 +1,13 @@
 //! The single writer thread: group commit of queued PUTs and DELETEs.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::schema::*;
-use super::{Shared, Spooled, StoreError, crc, oneshot, wal};
+use super::{Shared, Spooled, StoreError, crc, oneshot, space, wal};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::recovery::{RecoveryItem, RecoveryStore};
@@ -41,12 +42,27 @@ enum Outcome {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
-    // Group commit sized by load: a batch is whatever was queued while the previous commit ran
-    // (up to `max_batch` operations and MAX_BATCH_BYTES). Waiting for more was measured and
-    // rejected: on two cores, N busy writers split into two alternating half-batches overlap one
-    // half's CPU work with the other half's fsync, while one full batch serialises them (17%
-    // fewer 4 KiB PUTs/s with 8 connections; BENCHMARKS.md).
-    while let Ok(first) = rx.recv() {
+    let mut lazy = LazySync::default();
+    loop {
+        // Group commit sized by load: a batch is whatever was queued while the previous commit
+        // ran (up to `max_batch` operations and MAX_BATCH_BYTES). Waiting for more was measured
+        // and rejected: on two cores, N busy writers split into two alternating half-batches
+        // overlap one half's CPU work with the other half's fsync, while one full batch
+        // serialises them (17% fewer 4 KiB PUTs/s with 8 connections; BENCHMARKS.md).
+        let first = match lazy.due_at(&shared) {
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => break,
+            },
+            Some(at) => match rx.recv_deadline(at) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    lazy.sync(&shared);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+        };
         let mut batch = vec![first];
         let mut bytes = op_bytes(&batch[0]);
         while batch.len() < shared.opts.max_batch && bytes < MAX_BATCH_BYTES {
@@ -58,32 +74,200 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        match commit(&shared, &batch) {
-            Ok(outcomes) => reply_all(batch, outcomes.into_iter().map(Ok).collect()),
-            // A storage or recovery failure fails the whole commit it hit (retrying each op
-            // would reopen the database once per op); an error of one op (its spool) must not
-            // fail its neighbours: retry each on its own.
-            Err(e)
-                if batch.len() > 1
-                    && !matches!(
-                        e,
-                        StoreError::Storage(_) | StoreError::Recovery(_) | StoreError::Closed
-                    ) =>
-            {
-                tracing::warn!(error = %e, ops = batch.len(), "group commit failed; retrying one by one");
-                let results = batch
-                    .iter()
-                    .map(|op| commit(&shared, std::slice::from_ref(op)).map(|mut o| o.remove(0)))
-                    .collect();
-                reply_all(batch, results);
-            }
-            Err(e) => {
-                let results = batch.iter().map(|_| Err(e.duplicate())).collect();
-                reply_all(batch, results)
-            }
+        let writes = batch
+            .iter()
+            .any(|op| !matches!(op, WriteOp::Barrier { .. }));
+        let (results, durable) = process(&shared, &batch);
+        reply_all(batch, results);
+        if writes && !durable {
+            lazy.unsynced();
+        }
+        // Under steady load the channel never times out: sync between batches once due.
+        if lazy.due_at(&shared).is_some_and(|at| at <= Instant::now()) {
+            lazy.sync(&shared);
         }
     }
     final_checkpoint(&shared);
+}
+
+/// With `durable` off: when the oldest commit that is not durable yet was made, so that a
+/// durable (empty) commit follows within `StoreOptions::no_fsync_interval` and a crash loses at
+/// most that much.
+#[derive(Default)]
+struct LazySync {
+    since: Option<Instant>,
+}
+
+impl LazySync {
+    fn unsynced(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn due_at(&self, shared: &Shared) -> Option<Instant> {
+        self.since.map(|t| t + shared.opts.no_fsync_interval)
+    }
+
+    /// A durable commit makes every earlier non-durable one durable (redb).
+    fn sync(&mut self, shared: &Shared) {
+        self.since = None;
+        let result = shared.db().and_then(|db| match &shared.wal {
+            Some(wal) => wal::checkpoint(&db, &mut *wal.lock().map_err(|_| StoreError::Closed)?),
+            None => {
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                Ok(txn.commit()?)
+            }
+        });
+        if let Err(e) = result {
+            // The commits since the last durable one are lost with the database's reopen, as a
+            // crash would lose them.
+            tracing::warn!(error = %e, "periodic durable commit (--no-fsync) failed");
+            shared.invalidate();
+            if let Some(space) = &shared.space
+                && space::is_out_of_space(&e)
+            {
+                space.release(&e.to_string());
+            }
+        }
+    }
+}
+
+/// Commits `batch`; returns each operation's result and whether the commits were durable.
+fn process(shared: &Shared, batch: &[WriteOp]) -> (Vec<Result<Outcome, StoreError>>, bool) {
+    if let Some(space) = &shared.space
+        && !space.try_restore()
+    {
+        let ops: Vec<&WriteOp> = batch.iter().collect();
+        return (out_of_space(shared, space, &ops), true);
+    }
+    let mut results = match commit(shared, batch) {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        // A storage or recovery failure fails the whole commit it hit (retrying each op
+        // would reopen the database once per op); an error of one op (its spool) must not
+        // fail its neighbours: retry each on its own.
+        Err(e)
+            if batch.len() > 1
+                && !matches!(
+                    e,
+                    StoreError::Storage(_) | StoreError::Recovery(_) | StoreError::Closed
+                ) =>
+        {
+            tracing::warn!(error = %e, ops = batch.len(), "group commit failed; retrying one by one");
+            batch
+                .iter()
+                .map(|op| commit(shared, std::slice::from_ref(op)).map(|mut o| o.remove(0)))
+                .collect()
+        }
+        Err(e) => batch.iter().map(|_| Err(e.duplicate())).collect(),
+    };
+    // A memory image has nothing to sync.
+    let durable = shared.opts.durable || shared.opts.memory.is_some();
+    let Some(space) = &shared.space else {
+        return (results, durable);
+    };
+    let full = |r: &Result<Outcome, StoreError>| matches!(r, Err(e) if space::is_out_of_space(e));
+    let Some(cause) = results.iter().find(|r| full(r)) else {
+        return (results, durable);
+    };
+    let cause = match cause {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    };
+    space.release(&cause);
+    // The reserve is free now: the DELETEs that failed go through on it; the PUTs fail.
+    let retry: Vec<usize> = (0..batch.len())
+        .filter(|&i| full(&results[i]) && !matches!(batch[i], WriteOp::Put { .. }))
+        .collect();
+    let ops: Vec<&WriteOp> = retry.iter().map(|&i| &batch[i]).collect();
+    for (i, r) in retry.into_iter().zip(out_of_space(shared, space, &ops)) {
+        results[i] = r;
+    }
+    for r in results.iter_mut() {
+        if full(r) && !matches!(r, Err(StoreError::NoSpace { .. })) {
+            let detail = r.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+            *r = Err(space.no_space(detail));
+        }
+    }
+    (results, durable)
+}
+
+/// Commits while the disk is full (see `space.rs`): DELETEs first, durably and without the log;
+/// PUTs only once a DELETE freed pages, with the reserve guarded, else they fail fast.
+fn out_of_space(
+    shared: &Shared,
+    space: &space::Space,
+    ops: &[&WriteOp],
+) -> Vec<Result<Outcome, StoreError>> {
+    let mut results: Vec<Option<Result<Outcome, StoreError>>> = ops.iter().map(|_| None).collect();
+    let (puts, others): (Vec<usize>, Vec<usize>) =
+        (0..ops.len()).partition(|&i| matches!(ops[i], WriteOp::Put { .. }));
+    let mut run = |idx: &[usize], guarded: bool| {
+        let part: Vec<&WriteOp> = idx.iter().map(|&i| ops[i]).collect();
+        // Reopen (after the failure) before arming: the repair and replay may use the reserve.
+        let r = shared.db().and_then(|_| {
+            space.arm(guarded);
+            let r = commit_direct(shared, &part);
+            space.arm(false);
+            r
+        });
+        if matches!(r, Err(StoreError::Storage(_))) {
+            shared.invalidate();
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            results[i] = Some(match &r {
+                Ok(outcomes) => Ok(match outcomes[k] {
+                    Outcome::Key(key) => Outcome::Key(key),
+                    Outcome::Count(n) => Outcome::Count(n),
+                }),
+                Err(e) if guarded && space::is_out_of_space(e) => {
+                    Err(space.no_space(e.to_string()))
+                }
+                Err(e) => Err(e.duplicate()),
+            });
+        }
+        r
+    };
+    if !others.is_empty()
+        && let Ok(outcomes) = run(&others, false)
+        && outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Count(n) if *n > 0))
+    {
+        space.set_puts_may_fit(true);
+    }
+    if !puts.is_empty() {
+        if space.puts_may_fit() {
+            if let Err(e) = run(&puts, true)
+                && space::is_out_of_space(&e)
+            {
+                space.set_puts_may_fit(false);
+            }
+        } else {
+            for &i in &puts {
+                results[i] = Some(Err(space.no_space("PUTs are refused until space is freed")));
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+        .collect()
+}
+
+/// A durable commit of `ops` that bypasses the write-ahead log.
+fn commit_direct(shared: &Shared, ops: &[&WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+    if ops.iter().all(|op| matches!(op, WriteOp::Barrier { .. })) {
+        return Ok(ops.iter().map(|_| Outcome::Count(0)).collect());
+    }
+    let db: Arc<Database> = shared.db()?;
+    let txn = db.begin_write()?;
+    let outcomes = apply_and_replicate(shared, &txn, ops)?;
+    txn.commit()?;
+    // A durable commit holds every earlier non-durable one: the log is done with.
+    if let Some(wal) = &shared.wal {
+        wal.lock().map_err(|_| StoreError::Closed)?.reset();
+    }
+    Ok(outcomes)
 }
 
 fn op_bytes(op: &WriteOp) -> u64 {
@@ -136,6 +320,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
         Some(wal) if shared.opts.durable && wal::loggable(batch) => Some(wal),
         _ => None,
     };
+    let ops: Vec<&WriteOp> = batch.iter().collect();
     let mut txn = db.begin_write()?;
     if !shared.opts.durable || log.is_some() {
         txn.set_durability(Durability::None)?;
@@ -151,7 +336,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
             // the batch visible waits for it: a batch that fails to log is dropped whole, and
             // a reader never sees a write that is not durable.
             wal.begin(batch, lsn)?;
-            let result = apply_and_replicate(shared, &txn, batch).and_then(|o| {
+            let result = apply_and_replicate(shared, &txn, &ops).and_then(|o| {
                 txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, lsn)?;
                 Ok(o)
             });
@@ -178,10 +363,15 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
                 // The batch is durable in the log; reopening replays it.
                 tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
                 shared.invalidate();
+                if let Some(space) = &shared.space
+                    && space::is_out_of_space(&e)
+                {
+                    space.release(&e.to_string());
+                }
             }
         }
         None => {
-            outcomes = apply_and_replicate(shared, &txn, batch)?;
+            outcomes = apply_and_replicate(shared, &txn, &ops)?;
             applied = start.elapsed();
             txn.commit()?;
             // A durable commit holds every earlier non-durable one: the log is done with.
@@ -205,7 +395,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
 fn apply_and_replicate(
     shared: &Shared,
     txn: &WriteTransaction,
-    batch: &[WriteOp],
+    batch: &[&WriteOp],
 ) -> Result<Vec<Outcome>, StoreError> {
     let outcomes = apply(txn, batch, shared.layout, shared.opts.recovery.as_deref())?;
     if let Some(rec) = &shared.opts.recovery {
@@ -233,7 +423,7 @@ pub(crate) fn final_checkpoint(shared: &Shared) {
 /// Replays the batch's puts and deletes on the recovery store, in order, puts grouped.
 fn replicate(
     rec: &dyn crate::recovery::RecoveryStore,
-    batch: &[WriteOp],
+    batch: &[&WriteOp],
 ) -> Result<(), StoreError> {
     let rec_err = |e: crate::recovery::RecoveryError| StoreError::Recovery(e.to_string());
     // The recovery interface takes slices: map the spooled files of the batch's puts first.
@@ -249,7 +439,7 @@ fn replicate(
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let mut puts: Vec<RecoveryItem<'_>> = Vec::new();
-    for (op, data) in batch.iter().zip(&bytes) {
+    for (&op, data) in batch.iter().zip(&bytes) {
         match op {
             WriteOp::Put {
                 local_only: true, ..
@@ -305,13 +495,13 @@ impl<'t> Tables<'t> {
 
 fn apply(
     txn: &WriteTransaction,
-    batch: &[WriteOp],
+    batch: &[&WriteOp],
     layout: Layout,
     recovery: Option<&dyn RecoveryStore>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut t = Tables::open(txn, layout)?;
     let mut out = Vec::with_capacity(batch.len());
-    for op in batch {
+    for &op in batch {
         out.push(match op {
             WriteOp::Put {
                 blob,

@@ -435,12 +435,32 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `blobvault serve ARGS…` and waits for its `listening on` line.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
+        Self::spawn_with(args, std::process::Stdio::null())
+    }
+
+    /// Like [`spawn`](Self::spawn), with the server's log (stderr) appended to `log`.
+    pub fn spawn_logging<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        log: &std::path::Path,
+    ) -> ServeProcess {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the server's log file");
+        Self::spawn_with(args, file.into())
+    }
+
+    fn spawn_with<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        stderr: std::process::Stdio,
+    ) -> ServeProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
             .arg("serve")
             .args(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn blobvault serve");
         let mut line = String::new();
