@@ -12,6 +12,19 @@
 //! the same transaction as the operations, so replay after a crash applies exactly the records
 //! after the last durable commit, in order: it stops at the first record that is torn, fails its
 //! CRC, belongs to another store, or does not continue the sequence.
+//!
+//! Where it stopped, it tells a torn tail from damage: if records of this store that would have
+//! continued the sequence lie after the stop, acknowledged writes are being dropped (damage,
+//! logged at ERROR with counts); if not (zeros, the end, remains of records the database holds
+//! already, or bytes that form no record, which cannot be told from the remains of older
+//! records the log overwrote), it is what a crash leaves (a torn tail, INFO). Either way the
+//! stop record and everything after it that would continue the sequence are zeroed, durably,
+//! so that they never follow newer records that reuse their sequence numbers.
+//!
+//! The file keeps its length across opens (at least one `GROW_STEP`), so a full disk cannot
+//! keep the next record, even a DELETE's, from being written; the database records that
+//! length (`wal_reserved`) once it is synced, and a shorter or missing log at open was cut
+//! (ERROR: acknowledged writes since the database's LSN may be lost).
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
