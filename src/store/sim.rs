@@ -236,9 +236,12 @@ impl SimHandle {
     fn sync(&self) -> io::Result<()> {
         let file = self.file;
         self.disk.sync_with(|d| {
+            // The writes since the last sync, not a copy of the whole file: syncs are many.
             let f = &mut d.files[file];
-            f.durable = f.live.clone();
-            f.pending.clear();
+            for (offset, data) in f.pending.drain(..) {
+                write_into(&mut f.durable, offset, &data);
+            }
+            f.durable.resize(f.live.len(), 0);
         })
     }
 }
