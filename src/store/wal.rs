@@ -1066,6 +1066,15 @@ mod tests {
         fs::create_dir(store.join(WAL_FILE)).unwrap();
         let err = BlobStore::open(&store).unwrap_err().to_string();
         assert!(err.contains("a directory, not a regular file"), "{err}");
+        // A FIFO is refused before it is opened (opening one could block).
+        fs::remove_dir(store.join(WAL_FILE)).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(store.join(WAL_FILE))
+            .status();
+        if made.is_ok_and(|s| s.success()) {
+            let err = BlobStore::open(&store).unwrap_err().to_string();
+            assert!(err.contains("a FIFO, not a regular file"), "{err}");
+        }
     }
 
     #[test]
