@@ -122,7 +122,11 @@ impl SimDisk {
             syncs: 0,
             cut_after: None,
             cut: false,
-            seed: d.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            // Another power cut on this disk keeps unsynced writes if this one did.
+            seed: match d.seed {
+                0 => 0,
+                s => s.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            },
         })))
     }
 
