@@ -250,7 +250,7 @@ impl Wal {
         settings.insert(WAL_LSN_SETTING, lsn)?;
         // The growth was synced before the record was written: the database never claims more
         // reserve than the disk holds.
-        if self.initialized != self.noted_reserve {
+        if self.initialized > self.noted_reserve {
             settings.insert(WAL_RESERVED_SETTING, self.initialized)?;
             self.noted_reserve = self.initialized;
         }
@@ -336,13 +336,24 @@ impl Wal {
         // The log keeps its length across opens: a full disk must not keep the next record
         // (even a DELETE's, which frees space) from being written. A cut log gets its reserve
         // back; a new one gets one step. Synced before the database records it.
-        let reserve = file_len.max(reserved).max(GROW_STEP);
-        if reserve > file_len {
-            self.faults
+        let wanted = file_len.max(reserved).max(GROW_STEP);
+        // What the database records: never more than the disk holds durably.
+        let mut reserve = wanted;
+        self.initialized = wanted;
+        if wanted > file_len {
+            let grown = self
+                .faults
                 .check_write(true)
-                .and_then(|()| write_zeros(&*self.file, file_len, reserve))
-                .and_then(|()| self.file.sync_all())
-                .map_err(|e| self.io_error("reserve space for", e))?;
+                .and_then(|()| write_zeros(&*self.file, file_len, wanted))
+                .and_then(|()| self.file.sync_all());
+            if let Err(e) = grown {
+                // A full disk must not keep the store from opening (a store from before the
+                // reserve has an empty log): the log grows when it is written, as it did.
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "cannot reserve space for the write-ahead log");
+                self.initialized = self.file.len().unwrap_or(file_len);
+                reserve = reserved;
+            }
         }
         if replayed > 0 || reserve != reserved {
             let mut settings = txn.open_table(SETTINGS)?;
@@ -355,7 +366,6 @@ impl Wal {
         } else {
             txn.abort()?;
         }
-        self.initialized = reserve;
         self.noted_reserve = reserve;
 
         // Everything replayed is durable in the database now. What the log holds after it and
@@ -1228,6 +1238,15 @@ mod tests {
         let store = open();
         assert_eq!(present(&store, &keys), 18);
         assert!(store.verify().unwrap().is_clean());
+        drop(store);
+
+        // A full disk does not keep a store whose log lost its reserve from opening.
+        fs::remove_file(dir.path().join(WAL_FILE)).unwrap();
+        faults.disk_full();
+        let store = open();
+        assert!(store.stats().unwrap().log.unwrap().cut);
+        assert_eq!(present(&store, &keys), 18);
+        faults.heal();
     }
 
     #[test]
