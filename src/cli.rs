@@ -89,7 +89,8 @@ enum Cmd {
         #[arg(long, short = 'd')]
         dir: Option<PathBuf>,
     },
-    /// Re-hash every blob of a store directory; exit status 1 if any is damaged.
+    /// Re-hash every blob of a store directory and report what the replay of its write-ahead
+    /// log found; exit status 1 if a blob is damaged or the log lost acknowledged writes.
     Verify {
         #[arg(long, short = 'd')]
         dir: Option<PathBuf>,
@@ -424,6 +425,9 @@ fn stat(dir: Option<PathBuf>) -> CliResult {
     println!("chunks         {}", s.chunks);
     println!("chunk size     {}", s.chunk_size);
     println!("file bytes     {}", s.file_bytes);
+    if let Some(log) = &s.log {
+        println!("log replay     {log}");
+    }
     Ok(())
 }
 
@@ -448,7 +452,11 @@ fn verify(dir: Option<PathBuf>) -> i32 {
         for d in &r.damaged {
             println!("damaged {}: {}", d.key, d.what);
         }
-        Ok(r.is_clean())
+        if let Some(log) = &r.log {
+            println!("write-ahead log: {log}");
+        }
+        let log_lost = r.log.as_ref().is_some_and(|l| l.lost_writes());
+        Ok(r.is_clean() && !log_lost)
     };
     match run() {
         Ok(true) => 0,

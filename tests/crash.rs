@@ -308,3 +308,60 @@ fn sigkill_with_no_fsync_loses_only_the_last_interval() {
     server.kill();
     verify_cli(dir.path());
 }
+
+/// `verify` and `stat` say what the replay of the write-ahead log found; `verify` fails when
+/// acknowledged writes were discarded.
+#[test]
+fn verify_and_stat_report_a_damaged_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let store = BlobStore::open(&live).unwrap();
+    for i in 0..10u8 {
+        store.put(&vec![i; 3000]).unwrap();
+    }
+    let copies: Vec<_> = ["verify", "stat", "clean"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    for copy in &copies {
+        std::fs::create_dir_all(copy).unwrap();
+        for f in [blobvault::store::DB_FILE, blobvault::store::WAL_FILE] {
+            std::fs::copy(live.join(f), copy.join(f)).unwrap();
+        }
+    }
+    drop(store);
+    for copy in &copies[..2] {
+        let path = copy.join(blobvault::store::WAL_FILE);
+        let mut log = std::fs::read(&path).unwrap();
+        // A flipped byte in the second record: eight acknowledged records follow it.
+        let second = u32::from_le_bytes(log[..4].try_into().unwrap()) as usize + 8;
+        log[second + 30] ^= 1;
+        std::fs::write(&path, &log).unwrap();
+    }
+    let run = |cmd: &str, dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_blobvault"))
+            .args([cmd, "--dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let out = run("verify", &copies[0]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("1 records replayed, DAMAGED, 8 records"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR"));
+    let out = run("stat", &copies[1]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("log replay") && text.contains("DAMAGED"),
+        "{text}"
+    );
+    let out = run("verify", &copies[2]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("10 records replayed, clean"), "{text}");
+}

@@ -7,10 +7,12 @@
 mod crc;
 mod faults;
 mod handle;
+mod logfile;
 mod memory;
 mod oneshot;
 mod read;
 pub(crate) mod schema;
+mod sim;
 mod space;
 mod spool;
 mod verify;
@@ -32,10 +34,12 @@ pub(crate) use handle::DbHandle;
 pub use memory::MemoryImage;
 pub use read::{BlobReader, Chunk};
 pub use schema::ContentMeta;
+#[doc(hidden)]
+pub use sim::SimDisk;
 pub use space::{DEFAULT_RESERVE_BYTES, RESERVE_FILE};
 pub use spool::{Spooled, Upload};
 pub use verify::{Damage, VerifyReport};
-pub use wal::WAL_FILE;
+pub use wal::{LogEnd, LogReplay, WAL_FILE};
 
 use crate::key::{BlobId, BlobKey, JobId, check_name};
 use crate::protocol::{DeleteTarget, PutTarget};
@@ -164,6 +168,10 @@ pub struct StoreOptions {
     /// commit once the oldest non-durable one is this old, so a crash loses at most the writes
     /// of about this long (plus one commit's time). Default 1 s; each costs one fsync.
     pub no_fsync_interval: Duration,
+    /// Test support (power-loss tests, fuzzing): keep the database, the log and the directory
+    /// entries on a simulated disk ([`SimDisk`]). Not a stable interface.
+    #[doc(hidden)]
+    pub sim_disk: Option<SimDisk>,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -174,6 +182,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("cache_size", &self.cache_size)
             .field("recovery", &self.recovery.is_some())
             .field("memory", &self.memory)
+            .field("sim_disk", &self.sim_disk.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +206,7 @@ impl StoreOptions {
             memory: None,
             reserve_bytes: DEFAULT_RESERVE_BYTES,
             no_fsync_interval: Duration::from_secs(1),
+            sim_disk: None,
         }
     }
 
@@ -234,6 +244,13 @@ impl StoreOptions {
         self
     }
 
+    /// Test support: keeps the store on `disk` (see [`SimDisk`]).
+    #[doc(hidden)]
+    pub fn on_sim_disk(mut self, disk: SimDisk) -> Self {
+        self.sim_disk = Some(disk);
+        self
+    }
+
     pub fn open(self) -> Result<BlobStore, StoreError> {
         BlobStore::open_with(self)
     }
@@ -262,6 +279,9 @@ pub struct StoreStats {
     pub chunk_size: u64,
     /// Size of the database file.
     pub file_bytes: u64,
+    /// What the replay of the write-ahead log found when this handle opened the store (`None`
+    /// for a store without a log: a memory image).
+    pub log: Option<LogReplay>,
 }
 
 /// The parts shared by the store's handles and its writer thread.
@@ -337,14 +357,15 @@ fn open_db_file_guarded(
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
 }
 
-/// Opens a database over a memory image, through the fault-injecting backend too.
+/// Opens a database over a memory image or a simulated disk, through the fault-injecting
+/// backend too.
 fn open_db_memory(
     path: &Path,
     builder: &redb::Builder,
-    image: &MemoryImage,
+    backend: impl redb::StorageBackend,
     faults: &FaultSwitch,
 ) -> Result<Database, StoreError> {
-    let backend = faults::FaultyBackend::new(image.backend(), faults.clone());
+    let backend = faults::FaultyBackend::new(backend, faults.clone());
     builder
         .create_with_backend(backend)
         .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
@@ -367,9 +388,10 @@ impl BlobStore {
         fs::create_dir_all(&opts.dir)
             .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
         // The reserve first: on a nearly full disk it is what the open may need.
-        let space = match opts.memory {
-            Some(_) => None,
-            None => Some(Arc::new(space::Space::open(
+        // (None for a memory image or a simulated disk: nothing of theirs is on this disk.)
+        let space = match (&opts.memory, &opts.sim_disk) {
+            (Some(_), _) | (_, Some(_)) => None,
+            (None, None) => Some(Arc::new(space::Space::open(
                 &opts.dir,
                 opts.reserve_bytes,
                 opts.faults.clone(),
@@ -378,26 +400,32 @@ impl BlobStore {
         let guard = space.as_ref().map(|s| s.guard());
         // Every open of a store on disk replays its log, durable or not: a store last used
         // durably may hold acknowledged writes only there.
-        let wal = match opts.memory {
-            Some(_) => None,
-            None => Some(Arc::new(Mutex::new(wal::Wal::open(
-                &opts.dir.join(WAL_FILE),
+        let wal_path = opts.dir.join(WAL_FILE);
+        let wal = match (&opts.memory, &opts.sim_disk) {
+            (Some(_), _) => None,
+            (None, Some(disk)) => Some(wal::Wal::with_file(
+                Box::new(disk.log_file()),
+                &wal_path,
                 opts.faults.clone(),
-            )?))),
-        };
-        let (cache_size, faults, memory, chunk_size, log) = (
+            )),
+            (None, None) => Some(wal::Wal::open(&wal_path, opts.faults.clone())?),
+        }
+        .map(|w| Arc::new(Mutex::new(w)));
+        let (cache_size, faults, memory, sim, chunk_size, log) = (
             opts.cache_size,
             opts.faults.clone(),
             opts.memory.clone(),
+            opts.sim_disk.clone(),
             opts.chunk_size as u64,
             wal.clone(),
         );
         let attempt = move |path: &Path| {
             let mut b = Database::builder();
             b.set_cache_size(cache_size);
-            let db = match &memory {
-                Some(image) => open_db_memory(path, &b, image, &faults)?,
-                None => open_db_file_guarded(path, &b, &faults, guard.clone())?,
+            let db = match (&memory, &sim) {
+                (Some(image), _) => open_db_memory(path, &b, image.backend(), &faults)?,
+                (None, Some(disk)) => open_db_memory(path, &b, disk.db_backend(), &faults)?,
+                (None, None) => open_db_file_guarded(path, &b, &faults, guard.clone())?,
             };
             if let Some(log) = &log {
                 let layout = init_schema(&db, chunk_size)?;
@@ -422,7 +450,10 @@ impl BlobStore {
             }
         })?;
         let layout = init_schema(db.get()?.as_ref(), opts.chunk_size as u64)?;
-        if opts.memory.is_none() {
+        if let Some(disk) = &opts.sim_disk {
+            disk.sync_dir()
+                .map_err(|e| StoreError::Open(opts.dir.clone(), e.to_string()))?;
+        } else if opts.memory.is_none() {
             // The names of the database and the log must survive a power loss as well as what
             // is written to them: a lost database file would orphan the log's records.
             sync_dir(&opts.dir)?;
@@ -718,10 +749,15 @@ impl BlobStore {
             named_blobs: named.len()?,
             chunks: chunks.len()?,
             chunk_size: self.inner.shared.layout.chunk_size,
-            file_bytes: match &self.inner.shared.opts.memory {
-                Some(image) => image.len(),
-                None => fs::metadata(self.inner.shared.db.path()).map_or(0, |m| m.len()),
+            file_bytes: match (
+                &self.inner.shared.opts.memory,
+                &self.inner.shared.opts.sim_disk,
+            ) {
+                (Some(image), _) => image.len(),
+                (None, Some(disk)) => disk.db_len(),
+                (None, None) => fs::metadata(self.inner.shared.db.path()).map_or(0, |m| m.len()),
             },
+            log: self.last_replay(),
             ..StoreStats::default()
         };
         for row in content.iter()? {
@@ -734,8 +770,18 @@ impl BlobStore {
     }
 
     /// Re-hashes every stored blob and reports the damaged ones and orphan chunks.
+    ///
+    /// The report also carries what the replay of the write-ahead log found when this handle
+    /// opened the store ([`VerifyReport::log`]).
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
-        verify::verify(self.db()?.as_ref(), self.inner.shared.layout)
+        let mut report = verify::verify(self.db()?.as_ref(), self.inner.shared.layout)?;
+        report.log = self.last_replay();
+        Ok(report)
+    }
+
+    fn last_replay(&self) -> Option<LogReplay> {
+        let wal = self.inner.shared.wal.as_ref()?;
+        wal.lock().ok()?.last_replay()
     }
 
     /// Waits until every write queued so far is committed.
@@ -827,15 +873,49 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
     Ok(layout)
 }
 
-/// Opens `path` for reading and writing, creating it if missing.
+/// Opens `path` for reading and writing, creating it if missing. It must be a regular file (or
+/// a link to one): a device or a pipe would take writes and never keep them.
 pub(crate) fn open_rw(path: &Path) -> Result<fs::File, StoreError> {
-    OpenOptions::new()
+    // Checked before opening too: opening a FIFO or a device can block or have effects.
+    if let Ok(meta) = fs::metadata(path) {
+        check_regular(path, &meta)?;
+    }
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
+        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+    check_regular(path, &meta)?;
+    Ok(file)
+}
+
+fn check_regular(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_file() {
+        return Ok(());
+    }
+    let kind = match () {
+        _ if t.is_dir() => "a directory",
+        _ if t.is_char_device() => "a character device",
+        _ if t.is_block_device() => "a block device",
+        _ if t.is_fifo() => "a FIFO",
+        _ if t.is_socket() => "a socket",
+        _ => "not a file",
+    };
+    Err(StoreError::Open(
+        path.to_path_buf(),
+        format!(
+            "{kind}, not a regular file: the store keeps its database and write-ahead log in \
+             regular files; put the store's own file back, or remove this entry to start an \
+             empty one"
+        ),
+    ))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -2,9 +2,9 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::StoreError;
 use super::read::BlobReader;
 use super::schema::*;
+use super::{LogReplay, StoreError};
 use crate::key::BlobKey;
 
 /// One damaged blob.
@@ -24,9 +24,14 @@ pub struct VerifyReport {
     pub orphan_chunks: u64,
     /// Named blobs pointing at content that is not there.
     pub dangling_names: u64,
+    /// What the replay of the write-ahead log found when the store was opened (`None` for a
+    /// store without a log): see [`LogReplay::lost_writes`].
+    pub log: Option<LogReplay>,
 }
 
 impl VerifyReport {
+    /// Whether the database is consistent (no damaged blob, orphan chunk or dangling name).
+    /// Says nothing of the log: see [`log`](Self::log).
     pub fn is_clean(&self) -> bool {
         self.damaged.is_empty() && self.orphan_chunks == 0 && self.dangling_names == 0
     }

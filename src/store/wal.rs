@@ -12,15 +12,27 @@
 //! the same transaction as the operations, so replay after a crash applies exactly the records
 //! after the last durable commit, in order: it stops at the first record that is torn, fails its
 //! CRC, belongs to another store, or does not continue the sequence.
+//!
+//! Where it stopped, it tells a torn tail from damage: if records of this store that would have
+//! continued the sequence lie after the stop, acknowledged writes are being dropped (damage,
+//! logged at ERROR with counts); if not (zeros, the end, remains of records the database holds
+//! already, or bytes that form no record, which cannot be told from the remains of older
+//! records the log overwrote), it is what a crash leaves (a torn tail, INFO). Either way the
+//! stop record and everything after it that would continue the sequence are zeroed, durably,
+//! so that they never follow newer records that reuse their sequence numbers.
+//!
+//! The file keeps its length across opens (at least one `GROW_STEP`), so a full disk cannot
+//! keep the next record, even a DELETE's, from being written; the database records that
+//! length (`wal_reserved`) once it is synced, and a shorter or missing log at open was cut
+//! (ERROR: acknowledged writes since the database's LSN may be lost).
 
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase, WriteTransaction};
 
 use super::faults::FaultSwitch;
+use super::logfile::LogFile;
 use super::schema::{Layout, SETTINGS, STORE_ID_SETTING, WAL_LSN_SETTING};
 use super::writer::{Tables, WriteOp};
 use super::{StoreError, crc};
@@ -55,21 +67,100 @@ const PUT_NAMED: u8 = 2;
 const DELETE_CONTENT: u8 = 3;
 const DELETE_NAMED: u8 = 4;
 const DELETE_JOB: u8 = 5;
+/// The log's length the database knows of: the log never shrinks below it, so a shorter log
+/// was cut. Kept here rather than in `schema.rs` because only the log reads it.
+const WAL_RESERVED_SETTING: &str = "wal_reserved";
 
 pub(crate) struct Wal {
-    file: File,
+    file: Box<dyn LogFile>,
     path: PathBuf,
     /// Bytes of valid records; the next one is written here.
     len: u64,
-    /// Bytes of the file already written once. Records overwrite them in place: appending past
-    /// the end would make every fsync journal a new file size too (~2× slower here).
+    /// Bytes of the file already written once (its length): the log's reserve. Records
+    /// overwrite them in place: appending past the end would make every fsync journal a new
+    /// file size too (~2× slower here), and a full disk could not take even a DELETE's record.
     initialized: u64,
+    /// The reserve the database was last told of (see [`stamp`](Self::stamp)).
+    noted_reserve: u64,
     next_lsn: u64,
     store_id: u64,
     /// Whether this process replayed the log before (then `len` is its valid end).
     replayed_once: bool,
     faults: FaultSwitch,
     buf: Vec<u8>,
+    /// What the replay at the store's open found (or a later one, if it found damage).
+    last_replay: Option<LogReplay>,
+}
+
+/// How a replay of the write-ahead log ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogEnd {
+    /// At zeros, the end of the file, or records the database holds already.
+    #[default]
+    Clean,
+    /// At a record that is incomplete or fails its check, with no record of this store after
+    /// it that would have continued the sequence: what a crash leaves (that last record was
+    /// never acknowledged).
+    TornTail,
+    /// At a record that is damaged or out of sequence, with newer records of this store after
+    /// it: acknowledged writes were discarded.
+    Damaged,
+}
+
+/// What a replay of the write-ahead log found ([`BlobStore::stats`](super::BlobStore::stats),
+/// [`BlobStore::verify`](super::BlobStore::verify)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogReplay {
+    /// How the records ended.
+    pub end: LogEnd,
+    /// The log was shorter than the space the store had reserved for it, or missing: it was
+    /// cut, and acknowledged writes from `next_lsn` on may be lost.
+    pub cut: bool,
+    /// Records applied to the database.
+    pub records_replayed: u64,
+    /// Records of this store after the stop that would have continued the sequence.
+    pub records_discarded: u64,
+    /// Bytes made harmless after the stop (the torn or damaged record, and what it hid).
+    pub bytes_discarded: u64,
+    /// The first sequence number the database does not hold.
+    pub next_lsn: u64,
+    /// Where the replay stopped.
+    pub stop_offset: u64,
+    /// The log's length as found.
+    pub log_bytes: u64,
+    /// The length the store had reserved for the log (0 if it had not recorded one).
+    pub reserved_bytes: u64,
+}
+
+impl LogReplay {
+    /// Whether acknowledged writes may have been lost: records discarded after damage, or a
+    /// cut log.
+    pub fn lost_writes(&self) -> bool {
+        self.cut || (self.end == LogEnd::Damaged && self.records_discarded > 0)
+    }
+}
+
+impl std::fmt::Display for LogReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = match self.end {
+            LogEnd::Clean => "clean",
+            LogEnd::TornTail => "torn tail",
+            LogEnd::Damaged => "DAMAGED",
+        };
+        write!(
+            f,
+            "{} records replayed, {end}, {} records and {} bytes discarded",
+            self.records_replayed, self.records_discarded, self.bytes_discarded
+        )?;
+        if self.cut {
+            write!(
+                f,
+                ", CUT ({} of {} reserved bytes; writes since LSN {} may be lost)",
+                self.log_bytes, self.reserved_bytes, self.next_lsn
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// One logged operation, read back.
@@ -115,24 +206,28 @@ pub(crate) fn loggable(batch: &[WriteOp]) -> bool {
 }
 
 impl Wal {
-    /// Opens (or creates) the log. Nothing is read until [`replay`](Self::replay).
+    /// Opens (or creates) the log file at `path`, which must be a regular file. Nothing is
+    /// read until [`replay`](Self::replay).
     pub(crate) fn open(path: &Path, faults: FaultSwitch) -> Result<Wal, StoreError> {
         let file = super::open_rw(path)?;
-        let initialized = file
-            .metadata()
-            .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?
-            .len();
-        Ok(Wal {
+        Ok(Wal::with_file(Box::new(file), path, faults))
+    }
+
+    /// A log over `file` (a `File`, or a test's simulated storage).
+    pub(crate) fn with_file(file: Box<dyn LogFile>, path: &Path, faults: FaultSwitch) -> Wal {
+        Wal {
             file,
             path: path.to_path_buf(),
             len: 0,
-            initialized,
+            initialized: 0,
+            noted_reserve: 0,
             next_lsn: 1,
             store_id: 0,
             replayed_once: false,
             faults,
             buf: Vec::new(),
-        })
+            last_replay: None,
+        }
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -144,37 +239,72 @@ impl Wal {
         self.next_lsn
     }
 
-    /// Applies the records the database has not made durable yet, makes them durable in the
-    /// database, and empties the log. Runs at every open of the database, before anything else
-    /// uses it. Returns the number of records applied.
+    /// What the replay at the store's open found (or a later one that found damage).
+    pub(crate) fn last_replay(&self) -> Option<LogReplay> {
+        self.last_replay.clone()
+    }
+
+    /// Records in `txn` that it applies the batch `lsn` (and the log's reserve, if it grew).
+    pub(crate) fn stamp(&mut self, txn: &WriteTransaction, lsn: u64) -> Result<(), StoreError> {
+        let mut settings = txn.open_table(SETTINGS)?;
+        settings.insert(WAL_LSN_SETTING, lsn)?;
+        // The growth was synced before the record was written: the database never claims more
+        // reserve than the disk holds.
+        if self.initialized > self.noted_reserve {
+            settings.insert(WAL_RESERVED_SETTING, self.initialized)?;
+            self.noted_reserve = self.initialized;
+        }
+        Ok(())
+    }
+
+    fn io_error(&self, what: &str, e: io::Error) -> StoreError {
+        StoreError::Storage(format!(
+            "cannot {what} the write-ahead log {}: {e}",
+            self.path.display()
+        ))
+    }
+
+    /// Applies the records the database has not made durable yet and makes them durable in the
+    /// database; then makes what follows the last one applied harmless in place (zeros,
+    /// durably), so that it never follows newer records that reuse its sequence numbers, and
+    /// keeps the file's length (its reserve). Runs at every open of the database, before
+    /// anything else uses it. Returns the number of records applied.
     pub(crate) fn replay(&mut self, db: &Database, layout: Layout) -> Result<u64, StoreError> {
-        let (store_id, mut applied) = {
+        let (store_id, mut applied, reserved) = {
             let txn = db.begin_read()?;
             let settings = txn.open_table(SETTINGS)?;
             let get = |k| -> Result<u64, StoreError> {
                 Ok(settings.get(k)?.map(|v| v.value()).unwrap_or(0))
             };
-            (get(STORE_ID_SETTING)?, get(WAL_LSN_SETTING)?)
+            (
+                get(STORE_ID_SETTING)?,
+                get(WAL_LSN_SETTING)?,
+                get(WAL_RESERVED_SETTING)?,
+            )
         };
         self.store_id = store_id;
+        let file_len = self.file.len().map_err(|e| self.io_error("read", e))?;
         // Within one process the log's valid end is known: a record after it failed and was not
         // acknowledged, even if taking it back failed. A fresh process reads to the first gap.
-        let limit = if self.replayed_once {
-            self.len
-        } else {
-            u64::MAX
+        let limit = match self.replayed_once {
+            true => self.len.min(file_len),
+            false => file_len,
         };
-        let mut file = &self.file;
-        file.seek(SeekFrom::Start(0))?;
-        let mut reader = io::BufReader::new(file).take(limit);
+        let mut at = At {
+            file: &*self.file,
+            pos: 0,
+            end: limit,
+        };
         let mut replayed = 0;
         let txn = db.begin_write()?;
-        let stop = {
+        let (stop, bad) = {
             let mut t = Tables::open(&txn, layout)?;
-            let stop = loop {
-                let (lsn, ops) = match read_record(&mut reader, store_id)? {
+            loop {
+                let start = at.pos;
+                let (lsn, ops) = match read_record(&mut at, store_id)? {
                     Next::Record(lsn, ops) => (lsn, ops),
-                    other => break other,
+                    Next::End => break (start, false),
+                    Next::Damaged => break (start, true),
                 };
                 // Records at most the database's LSN are durable in it already: skipped before
                 // the first one applied; after it they are what a checkpoint left behind the
@@ -183,10 +313,11 @@ impl Wal {
                     if replayed == 0 {
                         continue;
                     }
-                    break Next::End;
+                    break (start, false);
                 }
-                if lsn != applied + 1 {
-                    break Next::Damaged;
+                // (A crafted database may hold any LSN: no overflow.)
+                if Some(lsn) != applied.checked_add(1) {
+                    break (start, true);
                 }
                 for op in ops {
                     match op {
@@ -200,41 +331,180 @@ impl Wal {
                 }
                 applied = lsn;
                 replayed += 1;
-            };
-            if replayed > 0 {
-                txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, applied)?;
             }
-            stop
         };
-        if replayed > 0 {
+        // The log keeps its length across opens: a full disk must not keep the next record
+        // (even a DELETE's, which frees space) from being written. A cut log gets its reserve
+        // back; a new one gets one step. Synced before the database records it.
+        let wanted = file_len.max(reserved).max(GROW_STEP);
+        // What the database records: never more than the disk holds durably.
+        let mut reserve = wanted;
+        self.initialized = wanted;
+        if wanted > file_len {
+            let grown = self
+                .faults
+                .check_write(true)
+                .and_then(|()| write_zeros(&*self.file, file_len, wanted))
+                .and_then(|()| self.file.sync_all());
+            if let Err(e) = grown {
+                // A full disk must not keep the store from opening (a store from before the
+                // reserve has an empty log): the log grows when it is written, as it did.
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "cannot reserve space for the write-ahead log");
+                self.initialized = self.file.len().unwrap_or(file_len);
+                reserve = reserved;
+            }
+        }
+        if replayed > 0 || reserve != reserved {
+            let mut settings = txn.open_table(SETTINGS)?;
+            if replayed > 0 {
+                settings.insert(WAL_LSN_SETTING, applied)?;
+            }
+            settings.insert(WAL_RESERVED_SETTING, reserve)?;
+            drop(settings);
             txn.commit()?;
         } else {
             txn.abort()?;
         }
-        let offset = reader.get_mut().stream_position().unwrap_or(0);
-        drop(reader);
-        if matches!(stop, Next::Damaged) {
-            // A batch torn by a crash (never acknowledged), the remains of records a checkpoint
-            // made obsolete, or damage.
-            tracing::info!(path = %self.path.display(), offset, lsn = applied,
-                "write-ahead log replay stopped at a record that is torn, obsolete or damaged");
+        self.noted_reserve = reserve;
+
+        // Everything replayed is durable in the database now. What the log holds after it and
+        // would continue the sequence (a torn record, or a damaged one and the records it hid)
+        // must never be replayed after newer records reuse its sequence numbers.
+        let torn_end = match bad {
+            true => self.record_extent(stop, file_len)?,
+            false => stop,
+        };
+        let hidden = self.scan_newer(stop, file_len, applied)?;
+        let zero_end = torn_end.max(hidden.end);
+        if zero_end > stop {
+            self.faults
+                .check_write(false)
+                .and_then(|()| write_zeros(&*self.file, stop, zero_end))
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| self.io_error("clear the discarded tail of", e))?;
         }
-        if replayed > 0 {
-            tracing::info!(path = %self.path.display(), records = replayed, lsn = applied,
-                "replayed the write-ahead log");
+        // Records past this process's known end were never acknowledged (their batch failed).
+        let damaged = hidden.before(limit) > 0;
+        let report = LogReplay {
+            end: match (damaged, zero_end > stop) {
+                (true, _) => LogEnd::Damaged,
+                (false, true) => LogEnd::TornTail,
+                (false, false) => LogEnd::Clean,
+            },
+            cut: file_len < reserved,
+            records_replayed: replayed,
+            records_discarded: if damaged { hidden.before(limit) } else { 0 },
+            bytes_discarded: zero_end - stop,
+            next_lsn: applied.saturating_add(1),
+            stop_offset: stop,
+            log_bytes: file_len,
+            reserved_bytes: reserved,
+        };
+        self.log_replay(&report);
+        // An in-process reopen's clean replay does not hide what the store's open found.
+        if self.last_replay.is_none() || report.end != LogEnd::Clean || report.cut {
+            self.last_replay = Some(report);
         }
-        // Everything replayed is durable in the database now. Whatever the log still holds
-        // after it (a damaged record and the records it hid) must never be replayed after newer
-        // ones reuse its sequence numbers: empty the file, durably.
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.sync_all())
-            .map_err(|e| StoreError::Storage(format!("cannot empty the write-ahead log: {e}")))?;
-        self.initialized = 0;
         self.len = 0;
         self.replayed_once = true;
-        self.next_lsn = applied + 1;
+        self.next_lsn = applied.saturating_add(1);
         Ok(replayed)
+    }
+
+    fn log_replay(&self, r: &LogReplay) {
+        let path = self.path.display();
+        if r.cut {
+            tracing::error!(%path, log_bytes = r.log_bytes, reserved_bytes = r.reserved_bytes,
+                since_lsn = r.next_lsn,
+                "the write-ahead log is shorter than the space reserved for it (cut or removed): \
+                 acknowledged writes since LSN {} may be lost", r.next_lsn);
+        }
+        match r.end {
+            LogEnd::Damaged => tracing::error!(%path, offset = r.stop_offset,
+                records = r.records_discarded, bytes = r.bytes_discarded, since_lsn = r.next_lsn,
+                "the write-ahead log is damaged: discarded {} records ({} bytes) of acknowledged \
+                 writes since LSN {}", r.records_discarded, r.bytes_discarded, r.next_lsn),
+            // A batch torn by a crash: never acknowledged.
+            LogEnd::TornTail => tracing::info!(%path, offset = r.stop_offset,
+                bytes = r.bytes_discarded, lsn = r.next_lsn,
+                "write-ahead log replay dropped a torn last record"),
+            LogEnd::Clean => {}
+        }
+        if r.records_replayed > 0 {
+            tracing::info!(%path, records = r.records_replayed, lsn = r.next_lsn.saturating_sub(1),
+                "replayed the write-ahead log");
+        }
+    }
+
+    /// Where the (torn or damaged) record at `offset` ends, as far as its header can tell.
+    fn record_extent(&self, offset: u64, file_len: u64) -> Result<u64, StoreError> {
+        let mut header = [0u8; HEADER];
+        let n = self
+            .file
+            .read_at(&mut header, offset)
+            .map_err(|e| self.io_error("read", e))?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+        let end = match (BODY_HEADER..=MAX_RECORD).contains(&len) {
+            true => offset + HEADER as u64 + len,
+            false => offset + n as u64,
+        };
+        Ok(end.min(file_len))
+    }
+
+    /// Finds the records of this store in `[from, to)` that would continue the sequence after
+    /// `applied`: every byte offset is tried (what hid them may have any length), but a valid
+    /// record is skipped whole (its bytes are a blob's, not records).
+    fn scan_newer(&self, from: u64, to: u64, applied: u64) -> Result<Hidden, StoreError> {
+        const WINDOW: usize = 256 * 1024;
+        let id = self.store_id.to_le_bytes();
+        let mut hidden = Hidden::default();
+        let mut buf = vec![0u8; WINDOW];
+        let (mut buf_at, mut buf_len) = (from, 0usize);
+        let mut pos = from;
+        while pos + (HEADER as u64 + BODY_HEADER) <= to {
+            // The window holds the candidate's header and store id.
+            if pos + 16 > buf_at + buf_len as u64 {
+                buf_at = pos;
+                let want = WINDOW.min((to - pos) as usize);
+                buf_len = self
+                    .file
+                    .read_at(&mut buf[..want], pos)
+                    .map_err(|e| self.io_error("read", e))?;
+                if buf_len < 16 {
+                    break;
+                }
+            }
+            let w: [u8; 16] = buf[(pos - buf_at) as usize..][..16]
+                .try_into()
+                .unwrap_or([0; 16]);
+            // No record starts in the next 13 bytes if these 16 are zero (a record's length is
+            // not): most of a log is zeros ahead of the records, skipped a word at a time.
+            if u128::from_ne_bytes(w) == 0 {
+                pos += 13;
+                continue;
+            }
+            let len = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64;
+            if w[8..16] == id && (BODY_HEADER..=MAX_RECORD).contains(&len) {
+                let mut at = At {
+                    file: &*self.file,
+                    pos,
+                    end: to,
+                };
+                if let Next::Record(lsn, _) =
+                    read_record(&mut at, self.store_id).map_err(|e| self.io_error("read", e))?
+                {
+                    if lsn > applied {
+                        hidden.starts.push(pos);
+                        hidden.end = at.pos;
+                    }
+                    pos = at.pos;
+                    continue;
+                }
+            }
+            pos += 1;
+        }
+        Ok(hidden)
     }
 
     /// Writes `batch` as the record `lsn` and starts writing it back to the disk, without
@@ -253,13 +523,12 @@ impl Wal {
         if end > self.initialized {
             // Zeros ahead of the records, in steps, synced with the new size once.
             let to = end.next_multiple_of(GROW_STEP);
-            let zeros = vec![0u8; (to - self.initialized) as usize];
-            self.file.write_all_at(&zeros, self.initialized)?;
+            write_zeros(&*self.file, self.initialized, to)?;
             self.file.sync_all()?;
             self.initialized = to;
         }
         self.file.write_all_at(&self.buf, self.len)?;
-        start_writeback(&self.file, self.len, self.buf.len());
+        self.file.start_writeback(self.len, self.buf.len());
         Ok(())
     }
 
@@ -274,17 +543,14 @@ impl Wal {
 
     /// Drops the record of [`begin`](Self::begin): its batch was not applied. `false` if the
     /// record could not be taken back: then the database must be reopened (which replays the
-    /// log up to its known end, then empties it) before anything else is logged.
+    /// log up to its known end, then clears what follows) before anything else is logged.
     pub(crate) fn abandon(&mut self) -> bool {
         self.cut_back()
     }
 
     fn failed(&self, e: io::Error) -> StoreError {
         self.cut_back();
-        StoreError::Storage(format!(
-            "cannot write the write-ahead log {}: {e}",
-            self.path.display()
-        ))
+        self.io_error("write", e)
     }
 
     /// Overwrites the header of a record that must not be replayed (at `self.len`) with zeros,
@@ -315,25 +581,48 @@ impl Wal {
     }
 }
 
-/// Starts writing back `len` bytes at `offset` so that the fsync after them has less to wait
-/// for (Linux with glibc, where the `libc` crate is a dependency; elsewhere the fsync does it
-/// all).
-fn start_writeback(file: &File, offset: u64, len: usize) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on an open descriptor; it reads no memory of ours.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+/// Records found after a replay's stop.
+#[derive(Default)]
+struct Hidden {
+    /// Where each starts.
+    starts: Vec<u64>,
+    /// Where the last one ends (0: none).
+    end: u64,
+}
+
+impl Hidden {
+    /// How many start before `limit`.
+    fn before(&self, limit: u64) -> u64 {
+        self.starts.iter().filter(|s| **s < limit).count() as u64
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = (file, offset, len);
+}
+
+/// Sequential reads of the log from `pos`, up to `end`.
+struct At<'f> {
+    file: &'f dyn LogFile,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.end.saturating_sub(self.pos) as usize);
+        let n = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes zeros over `[from, to)`, a step at a time.
+fn write_zeros(file: &dyn LogFile, from: u64, to: u64) -> io::Result<()> {
+    let zeros = vec![0u8; GROW_STEP.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// Makes every non-durable commit durable, then empties the log.
@@ -509,7 +798,7 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
-    use super::WAL_FILE;
+    use super::{LogEnd, WAL_FILE};
     use crate::store::{BlobStore, DB_FILE};
     use crate::{BlobId, BlobKey, DeleteTarget, JobId, PutTarget};
 
@@ -720,6 +1009,258 @@ mod tests {
         let recovered = BlobStore::open(&second).unwrap();
         assert_eq!(recovered.get_bytes(&named).unwrap(), Some(newer));
         assert!(recovered.verify().unwrap().is_clean());
+    }
+
+    thread_local! {
+        static CAPTURE: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Runs `f` with this thread's log events captured; returns its result and the text.
+    ///
+    /// One global subscriber for the whole test binary, writing into the capturing thread's
+    /// buffer: a scoped one (`with_default`) misses events whose callsites another thread's
+    /// test registered while no subscriber was set (tracing caches that interest).
+    fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+        static INIT: std::sync::Once = std::sync::Once::new();
+        INIT.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(|| Sink)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+        CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let out = f();
+        let buf = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+        (out, String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    struct Sink;
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            CAPTURE.with(|c| {
+                if let Some(buf) = c.borrow_mut().as_mut() {
+                    buf.extend_from_slice(b);
+                }
+            });
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A store in `live` with 35 acknowledged small PUTs (only in the log), and where each of
+    /// their records starts.
+    fn thirty_five_records(live: &Path) -> (Vec<BlobKey>, Vec<usize>) {
+        let store = BlobStore::open(live).unwrap();
+        let keys = (0..35).map(|i| store.put(&blob(i)).unwrap()).collect();
+        let log = fs::read(live.join(WAL_FILE)).unwrap();
+        let mut starts = vec![0];
+        for _ in 0..35 {
+            let at = *starts.last().unwrap();
+            let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+            starts.push(at + 8 + len);
+        }
+        std::mem::forget(store); // a crash: no final checkpoint
+        (keys, starts)
+    }
+
+    fn present(store: &BlobStore, keys: &[BlobKey]) -> usize {
+        keys.iter()
+            .filter(|k| store.get_bytes(&BlobId::Content(**k)).unwrap().is_some())
+            .count()
+    }
+
+    #[test]
+    fn a_log_that_is_not_a_regular_file_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s");
+        fs::create_dir_all(&store).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", store.join(WAL_FILE)).unwrap();
+        let err = BlobStore::open(&store).unwrap_err().to_string();
+        assert!(err.contains("blobs.wal"), "{err}");
+        assert!(
+            err.contains("a character device, not a regular file"),
+            "{err}"
+        );
+        assert!(err.contains("remove this entry"), "{err}");
+        fs::remove_file(store.join(WAL_FILE)).unwrap();
+        fs::create_dir(store.join(WAL_FILE)).unwrap();
+        let err = BlobStore::open(&store).unwrap_err().to_string();
+        assert!(err.contains("a directory, not a regular file"), "{err}");
+        // A FIFO is refused before it is opened (opening one could block).
+        fs::remove_dir(store.join(WAL_FILE)).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(store.join(WAL_FILE))
+            .status();
+        if made.is_ok_and(|s| s.success()) {
+            let err = BlobStore::open(&store).unwrap_err().to_string();
+            assert!(err.contains("a FIFO, not a regular file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_mid_log_is_reported_as_damage_with_what_it_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, copy) = (dir.path().join("live"), dir.path().join("copy"));
+        let (keys, starts) = thirty_five_records(&live);
+        crash_copy(&live, &copy, true);
+        let mut log = fs::read(copy.join(WAL_FILE)).unwrap();
+        log[starts[10] + 100] ^= 0x40;
+        fs::write(copy.join(WAL_FILE), &log).unwrap();
+
+        let (store, logs) = capture_logs(|| BlobStore::open(&copy).unwrap());
+        assert_eq!(present(&store, &keys), 10);
+        let r = store.stats().unwrap().log.unwrap();
+        assert_eq!(r.end, LogEnd::Damaged, "{r:?}");
+        assert_eq!((r.records_replayed, r.records_discarded), (10, 24), "{r:?}");
+        assert_eq!(r.bytes_discarded as usize, starts[35] - starts[10], "{r:?}");
+        assert_eq!(r.next_lsn, 11);
+        assert!(r.lost_writes() && !r.cut);
+        let v = store.verify().unwrap();
+        assert!(v.is_clean());
+        assert_eq!(v.log, Some(r));
+        assert!(logs.contains("ERROR"), "{logs}");
+        assert!(logs.contains("discarded 24 records"), "{logs}");
+        assert!(logs.contains("since LSN 11"), "{logs}");
+
+        // The damage was cleared in place: the next open finds a clean log, the same length.
+        drop(store);
+        assert_eq!(
+            fs::metadata(copy.join(WAL_FILE)).unwrap().len(),
+            log.len() as u64
+        );
+        let again = BlobStore::open(&copy).unwrap();
+        assert_eq!(again.stats().unwrap().log.unwrap().end, LogEnd::Clean);
+    }
+
+    #[test]
+    fn garbage_over_records_is_reported_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, copy) = (dir.path().join("live"), dir.path().join("copy"));
+        let (keys, starts) = thirty_five_records(&live);
+        crash_copy(&live, &copy, true);
+        let mut log = fs::read(copy.join(WAL_FILE)).unwrap();
+        // Garbage from inside record 20 to inside record 23: records 24.. survive it.
+        let mut x = 0x1234_5678u32;
+        for b in &mut log[starts[20] + 50..starts[23] + 50] {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        fs::write(copy.join(WAL_FILE), &log).unwrap();
+
+        let (store, logs) = capture_logs(|| BlobStore::open(&copy).unwrap());
+        assert_eq!(present(&store, &keys), 20);
+        let r = store.verify().unwrap().log.unwrap();
+        assert_eq!(r.end, LogEnd::Damaged, "{r:?}");
+        assert_eq!(r.records_discarded, 11, "{r:?}");
+        assert!(r.lost_writes());
+        assert!(
+            logs.contains("ERROR") && logs.contains("discarded 11 records"),
+            "{logs}"
+        );
+    }
+
+    #[test]
+    fn a_log_cut_to_zero_length_is_reported_as_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, copy, gone) = (
+            dir.path().join("live"),
+            dir.path().join("copy"),
+            dir.path().join("gone"),
+        );
+        let (keys, _) = thirty_five_records(&live);
+        crash_copy(&live, &copy, true);
+        crash_copy(&live, &gone, false);
+        fs::write(copy.join(WAL_FILE), b"").unwrap();
+
+        for dir in [&copy, &gone] {
+            let (store, logs) = capture_logs(|| BlobStore::open(dir).unwrap());
+            assert_eq!(present(&store, &keys), 0);
+            let r = store.stats().unwrap().log.unwrap();
+            assert!(r.cut && r.lost_writes(), "{r:?}");
+            assert_eq!((r.log_bytes, r.next_lsn), (0, 1), "{r:?}");
+            assert!(r.reserved_bytes >= super::GROW_STEP, "{r:?}");
+            assert_eq!(store.verify().unwrap().log, Some(r));
+            assert!(logs.contains("ERROR"), "{logs}");
+            assert!(
+                logs.contains("acknowledged writes since LSN 1 may be lost"),
+                "{logs}"
+            );
+            // The reserve is back.
+            drop(store);
+            let len = fs::metadata(dir.join(WAL_FILE)).unwrap().len();
+            assert!(len >= super::GROW_STEP);
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_not_reported_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, copy) = (dir.path().join("live"), dir.path().join("copy"));
+        let (keys, starts) = thirty_five_records(&live);
+        crash_copy(&live, &copy, true);
+        // The last record's end never reached the disk (zeros there, as after a crash).
+        let mut log = fs::read(copy.join(WAL_FILE)).unwrap();
+        log[starts[35] - 40..starts[35]].fill(0);
+        fs::write(copy.join(WAL_FILE), &log).unwrap();
+
+        let (store, logs) = capture_logs(|| BlobStore::open(&copy).unwrap());
+        assert_eq!(present(&store, &keys), 34);
+        let r = store.verify().unwrap().log.unwrap();
+        assert_eq!(r.end, LogEnd::TornTail, "{r:?}");
+        assert_eq!(r.records_discarded, 0);
+        assert!(!r.lost_writes() && !r.cut, "{r:?}");
+        assert!(!logs.contains("ERROR"), "{logs}");
+        assert!(logs.contains("torn"), "{logs}");
+    }
+
+    #[test]
+    fn the_log_keeps_its_space_so_a_delete_goes_through_on_a_full_disk_after_a_reopen() {
+        use crate::store::{FaultSwitch, StoreOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultSwitch::new();
+        let open = || {
+            StoreOptions::new(dir.path())
+                .faults(faults.clone())
+                .open()
+                .unwrap()
+        };
+        let store = open();
+        let keys: Vec<BlobKey> = (0..40).map(|i| store.put(&blob(i)).unwrap()).collect();
+        // Space the database can reuse (as a full store has): freed pages inside its file.
+        for k in &keys[20..] {
+            store.delete(DeleteTarget::Content(*k)).unwrap();
+        }
+        drop(store);
+        let len = fs::metadata(dir.path().join(WAL_FILE)).unwrap().len();
+        assert!(len >= super::GROW_STEP);
+
+        // A clean close and a reopen keep the log's length: its space stays reserved.
+        faults.disk_full();
+        let store = open();
+        assert_eq!(fs::metadata(dir.path().join(WAL_FILE)).unwrap().len(), len);
+        assert_eq!(store.delete(DeleteTarget::Content(keys[0])).unwrap(), 1);
+        assert!(store.put(&vec![3u8; 2 << 20]).is_err(), "the disk is full");
+        assert_eq!(store.delete(DeleteTarget::Content(keys[1])).unwrap(), 1);
+        faults.heal();
+        drop(store);
+        let store = open();
+        assert_eq!(present(&store, &keys), 18);
+        assert!(store.verify().unwrap().is_clean());
+        drop(store);
+
+        // A full disk does not keep a store whose log lost its reserve from opening.
+        fs::remove_file(dir.path().join(WAL_FILE)).unwrap();
+        faults.disk_full();
+        let store = open();
+        assert!(store.stats().unwrap().log.unwrap().cut);
+        assert_eq!(present(&store, &keys), 18);
+        faults.heal();
     }
 
     #[test]

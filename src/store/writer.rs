@@ -337,7 +337,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
             // a reader never sees a write that is not durable.
             wal.begin(batch, lsn)?;
             let result = apply_and_replicate(shared, &txn, &ops).and_then(|o| {
-                txn.open_table(SETTINGS)?.insert(WAL_LSN_SETTING, lsn)?;
+                wal.stamp(&txn, lsn)?;
                 Ok(o)
             });
             // A record that cannot be taken back must not outlive this process's reopen, which
