@@ -264,7 +264,9 @@ fn serve(a: ServeArgs) -> CliResult {
         request: a.request_timeout,
     };
     config.max_connections = a.max_connections;
-    if let Some(limit) = crate::server::raise_fd_limit(a.max_connections) {
+    let workers = config.num_concurrent;
+    let need = crate::server::descriptors_needed(a.max_connections, workers);
+    if let Some(limit) = crate::server::raise_fd_limit(need) {
         tracing::debug!(limit, "descriptor limit");
     }
     let dir = a.dir.unwrap_or_else(default_data_dir);

@@ -191,7 +191,7 @@ fn ten_thousand_idle_connections_and_still_serving() {
     let limit = blobvault::server::raise_fd_limit(10_200).expect("descriptor limit");
     assert!(
         limit >= 10_200,
-        "this test needs a descriptor hard limit of at least 10,264 (ulimit -Hn), got {limit}"
+        "this test needs a descriptor hard limit of at least 10,200 (ulimit -Hn), got {limit}"
     );
     let srv = Server::spawn(&[
         "-D",
@@ -315,4 +315,68 @@ fn one_worker_serves_while_three_peers_stall_and_each_is_cut_off() {
         assert_eq!(reply[0], protocol::RETURN_ERROR, "{reply:?}");
     }
     put_get(&srv, "after the cut-offs");
+}
+
+/// A request's header deadline runs from its own first byte, also when it follows another
+/// request on the connection (pipelined): one finished request gives no credit to the next.
+#[test]
+fn a_pipelined_request_gets_its_own_header_deadline() {
+    let srv = Server::spawn(&[
+        "--idle-timeout",
+        "600",
+        "--header-timeout",
+        "1",
+        "--stall-timeout",
+        "600",
+    ]);
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    let mut req = Vec::new();
+    protocol::encode_delete(
+        &blobvault::DeleteTarget::Job(blobvault::JobId::random()),
+        &mut req,
+    );
+    // The whole DELETE, then the first byte of a GET, then nothing.
+    req.push(protocol::GET_OPERATION);
+    s.write_all(&req).expect("send");
+    let peer = s.local_addr().expect("addr").to_string();
+    let line = srv.wait_for_log(&["cut off", &peer], Duration::from_secs(15));
+    assert!(line.contains("header not complete"), "{line}");
+    // The DELETE's reply came first.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    assert_eq!(reply.first(), Some(&protocol::RETURN_OKAY), "{reply:?}");
+}
+
+/// One client pipelining thousands of requests does not hold its worker until they are all
+/// done: another client on the same (only) worker is served in between.
+#[test]
+fn a_pipelining_client_does_not_hold_the_worker_for_all_its_requests() {
+    let srv = Server::spawn(&["-D", "blob.fetch.num-concurrent=1"]);
+    const N: usize = 3000;
+    let mut a = TcpStream::connect(srv.addr).expect("connect");
+    let mut req = Vec::new();
+    for _ in 0..N {
+        protocol::encode_delete(
+            &blobvault::DeleteTarget::Job(blobvault::JobId::random()),
+            &mut req,
+        );
+    }
+    a.write_all(&req).expect("send");
+    let reader = std::thread::spawn(move || {
+        a.set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("timeout");
+        let mut replies = vec![0u8; N];
+        a.read_exact(&mut replies).expect("every DELETE answered");
+        assert!(replies.iter().all(|&b| b == protocol::RETURN_OKAY));
+        Instant::now()
+    });
+    put_get(&srv, "beside a pipelining client");
+    let b_done = Instant::now();
+    let a_done = reader.join().expect("reader");
+    assert!(
+        b_done < a_done,
+        "the other client waited for all {N} pipelined requests"
+    );
 }

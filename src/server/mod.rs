@@ -111,7 +111,7 @@ impl BlobServer {
                 .name("blobvault-acceptor".into())
                 .spawn(move || accept_loop(listener, &shared, &handles, &drop_next, max))?
         };
-        check_fd_limit(config.max_connections);
+        check_fd_limit(descriptors_needed(config.max_connections, workers));
         tracing::info!(%addr, workers, backlog, max_connections = config.max_connections,
             "BLOB server listening");
         Ok(BlobServer {
@@ -208,6 +208,12 @@ fn accept_loop(
 ) {
     let mut last_refusal_log: Option<Instant> = None;
     let mut refused = 0u64;
+    let mut last_failure_log: Option<Instant> = None;
+    let mut failed = 0u64;
+    // A descriptor kept spare: out of descriptors, it is given up for a moment to accept the
+    // waiting connection and close it, so that the peer hears "no" instead of hanging in the
+    // listen queue.
+    let mut spare = std::fs::File::open("/dev/null").ok();
     for conn in listener.incoming() {
         if shared.shutdown.load(Ordering::SeqCst) {
             break;
@@ -215,11 +221,23 @@ fn accept_loop(
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
-                // Out of descriptors (or similar): wait for connections to end rather than
-                // spin on a failing accept.
-                tracing::warn!(error = %e, "accept failed; raise the descriptor limit (ulimit -n) \
-                    or lower --max-connections");
-                std::thread::sleep(ACCEPT_BACKOFF);
+                failed += 1;
+                if last_failure_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                    tracing::warn!(error = %e, failed, "accept failed; connections are refused \
+                        until descriptors free up: raise the descriptor limit (ulimit -n) or \
+                        lower --max-connections");
+                    last_failure_log = Some(Instant::now());
+                }
+                // EMFILE, ENFILE (the same numbers on Linux, macOS and the BSDs).
+                if matches!(e.raw_os_error(), Some(23 | 24)) && spare.take().is_some() {
+                    if let Ok((s, _)) = listener.accept() {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                    spare = std::fs::File::open("/dev/null").ok();
+                } else {
+                    // Wait for connections to end rather than spin on a failing accept.
+                    std::thread::sleep(ACCEPT_BACKOFF);
+                }
                 continue;
             }
         };
@@ -311,9 +329,17 @@ fn warn_if_backlog_capped(backlog: usize) {
     }
 }
 
-/// Warns when the descriptor limit is below what `max_connections` needs.
+/// Descriptors a server needs: one per connection, one more while a connection uploads a blob
+/// spooled to a file, two per worker (its epoll set and waker), and [`FD_RESERVE`]. Counted for
+/// the common case of a quarter of the connections spooling at once.
+pub fn descriptors_needed(max_connections: usize, workers: usize) -> u64 {
+    let c = max_connections as u64;
+    c + c / 4 + 2 * workers as u64 + FD_RESERVE
+}
+
+/// Warns when the descriptor limit is below `need`.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u32 on some 32-bit targets
-fn check_fd_limit(max_connections: usize) {
+fn check_fd_limit(need: u64) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let mut lim = libc::rlimit {
@@ -321,30 +347,30 @@ fn check_fd_limit(max_connections: usize) {
             rlim_max: 0,
         };
         // SAFETY: getrlimit writes the struct we pass and nothing else.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            let need = max_connections as u64 + FD_RESERVE;
-            if (lim.rlim_cur as u64) < need {
-                tracing::warn!(
-                    soft_limit = lim.rlim_cur as u64,
-                    needed = need,
-                    "descriptor limit below max connections; raise it (ulimit -n) or lower \
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0
+            && (lim.rlim_cur as u64) < need
+        {
+            tracing::warn!(
+                soft_limit = lim.rlim_cur as u64,
+                needed = need,
+                "descriptor limit below max connections; raise it (ulimit -n) or lower \
                      --max-connections, else accepts fail once it is reached"
-                );
-            }
+            );
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = max_connections;
+    let _ = need;
 }
 
-/// Descriptors the process needs besides one per connection: the store, the log, spools,
-/// listener, workers' epoll and wakers.
+/// Descriptors a server needs besides its connections and workers: the store's files, the
+/// listener, the acceptor's spare, logs.
 pub const FD_RESERVE: u64 = 64;
 
-/// Raises this process's soft descriptor limit towards its hard limit so that `max_connections`
-/// fit (what the `serve` command does at start); returns the soft limit in force.
+/// Raises this process's soft descriptor limit towards its hard limit so that `need`
+/// descriptors fit (what the `serve` command does at start, with [`descriptors_needed`]);
+/// returns the soft limit in force.
 #[allow(clippy::unnecessary_cast)] // rlim_t is u32 on some 32-bit targets
-pub fn raise_fd_limit(max_connections: usize) -> Option<u64> {
+pub fn raise_fd_limit(need: u64) -> Option<u64> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let mut lim = libc::rlimit {
@@ -356,7 +382,7 @@ pub fn raise_fd_limit(max_connections: usize) -> Option<u64> {
             if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
                 return None;
             }
-            let want = (max_connections as u64 + FD_RESERVE).min(lim.rlim_max as u64);
+            let want = need.min(lim.rlim_max as u64);
             if (lim.rlim_cur as u64) < want {
                 lim.rlim_cur = want as libc::rlim_t;
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
@@ -368,7 +394,7 @@ pub fn raise_fd_limit(max_connections: usize) -> Option<u64> {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
-        let _ = max_connections;
+        let _ = need;
         None
     }
 }

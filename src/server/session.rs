@@ -32,6 +32,10 @@ use crate::store::{BlobReader, BlobStore, Chunk, StoreError, Upload};
 /// writes).
 pub(super) const OUT_HIGH_WATER: usize = 128 * 1024;
 
+/// Requests one turn of a connection may handle before the worker's other connections get
+/// theirs: a client pipelining thousands of DELETEs must not hold the worker for their commits.
+const REQUESTS_PER_TURN: u32 = 16;
+
 /// Chunks pulled from the store per refill (4 × 64 KiB): fewer `writev` calls, bounded memory.
 const CHUNKS_PER_WRITE: usize = 4;
 
@@ -102,6 +106,10 @@ pub(super) struct Session {
     /// Input not handled yet because replies before it are still going out.
     stash: Vec<u8>,
     timing: Timing,
+    /// Requests handled in this turn (see [`REQUESTS_PER_TURN`]).
+    handled: u32,
+    /// The kernel's send queue at the last sweep (see [`peer_took`](Self::peer_took)).
+    queued: Option<u64>,
 }
 
 impl Session {
@@ -113,6 +121,8 @@ impl Session {
             out_pos: 0,
             blob: None,
             stash: Vec::new(),
+            handled: 0,
+            queued: None,
             timing: Timing {
                 started: None,
                 header_done: false,
@@ -154,31 +164,51 @@ impl Session {
         if input.is_empty() {
             return Ok(());
         }
-        if self.timing.started.is_none() {
-            self.timing = Timing {
-                started: Some(now),
-                header_done: false,
-                bytes: 0,
-                last_progress: now,
-            };
-        }
-        self.timing.bytes += input.len() as u64;
         self.timing.last_progress = now;
-        self.decode(store, peer, input)
+        self.decode(store, peer, input, now)
     }
 
     /// Handles stashed input once the replies before it are out.
-    pub(super) fn resume(&mut self, store: &BlobStore, peer: &str) -> Result<(), Close> {
+    pub(super) fn resume(
+        &mut self,
+        store: &BlobStore,
+        peer: &str,
+        now: Instant,
+    ) -> Result<(), Close> {
         let stash = std::mem::take(&mut self.stash);
-        self.decode(store, peer, &stash)
+        self.decode(store, peer, &stash, now)
     }
 
-    fn decode(&mut self, store: &BlobStore, peer: &str, input: &[u8]) -> Result<(), Close> {
+    /// Starts a turn of the connection: a fresh budget of requests.
+    pub(super) fn begin_turn(&mut self) {
+        self.handled = 0;
+    }
+
+    /// Whether this turn handled as many requests as one turn may.
+    pub(super) fn turn_spent(&self) -> bool {
+        self.handled >= REQUESTS_PER_TURN
+    }
+
+    fn decode(
+        &mut self,
+        store: &BlobStore,
+        peer: &str,
+        input: &[u8],
+        now: Instant,
+    ) -> Result<(), Close> {
         let mut pos = 0;
         while pos < input.len() {
-            if !self.wants_read() {
+            // Between requests: replies still going out, or this turn's share of store work
+            // done, keep the rest for later.
+            if !self.wants_read() || (self.dec.is_idle() && self.turn_spent()) {
                 self.stash.extend_from_slice(&input[pos..]);
                 return Ok(());
+            }
+            if self.dec.is_idle() {
+                // A request's first byte: its own clock, whatever came before it.
+                self.timing.started = Some(now);
+                self.timing.header_done = false;
+                self.timing.bytes = 0;
             }
             let (used, event) = match self.dec.decode(&input[pos..]) {
                 Ok(r) => r,
@@ -193,7 +223,11 @@ impl Session {
                 Err(e) => return Err(Close::Error(e.to_string())),
             };
             pos += used;
+            self.timing.bytes += used as u64;
             if let Some(ev) = event {
+                if matches!(ev, RequestEvent::Request(_)) {
+                    self.handled += 1;
+                }
                 self.handle(store, peer, ev)?;
             }
         }
@@ -436,6 +470,24 @@ impl Session {
         {
             b.reader.release_snapshot();
         }
+    }
+
+    /// Whether output is waiting for the peer to take it.
+    pub(super) fn sending(&self) -> bool {
+        self.blob.is_some() || self.pending_out() > 0
+    }
+
+    /// The peer's progress seen from the kernel: `queued` bytes sent but not yet acknowledged.
+    /// With a large send buffer, writability comes back only after the peer has taken a good
+    /// part of it, seconds later for a slow but steady reader; a queue that shrank since the
+    /// last look is progress all the same.
+    pub(super) fn peer_took(&mut self, queued: Option<u64>, now: Instant) {
+        if let (Some(before), Some(q)) = (self.queued, queued)
+            && q < before
+        {
+            self.timing.last_progress = now;
+        }
+        self.queued = queued;
     }
 
     /// The deadline this session has passed at `now`, if any.
