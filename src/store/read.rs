@@ -1,5 +1,13 @@
 //! Streaming reads: one chunk at a time from a read transaction, checked on the way.
 //!
+//! A GET does not keep one read transaction for its whole transfer: redb cannot reuse a page
+//! freed after the oldest live snapshot began, so a slow or stalled client would make the
+//! database file grow with every commit of other clients' writes. The reader re-opens its
+//! snapshot once it is [`SNAPSHOT_MAX_AGE`] old, and drops it on
+//! [`release_snapshot`](BlobReader::release_snapshot) (a server parking a GET whose client does
+//! not read); a lease on the content key (`lease.rs`) keeps the chunks meanwhile. A blob deleted
+//! during a GET is therefore still sent whole to that GET, while new GETs no longer find it.
+//!
 //! Each chunk carries a CRC-32C of its key, index and bytes (stores created since checksums;
 //! see `schema::Layout`), checked before the chunk is handed out: damage is caught at the chunk
 //! it is in, at about 8 GB/s. A full check re-computes the SHA-1 too (`verify`, and stores
@@ -10,21 +18,36 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use redb::{AccessGuard, ReadOnlyTable};
+use redb::{AccessGuard, ReadOnlyTable, ReadableDatabase};
 
 use super::StoreError;
 use super::crc;
-use super::schema::Layout;
+use super::handle::DbHandle;
+use super::lease::Lease;
+use super::schema::{CHUNKS, Layout};
 use crate::key::{BlobKey, KeyHasher};
 
-/// Reads one blob chunk by chunk; memory use is a chunk whatever the blob's size. The read
-/// transaction it holds keeps the blob readable even if it is deleted meanwhile.
+/// Longest a reader keeps one snapshot: a commit's freed pages can be reused once no snapshot
+/// older than it is left, so this bounds what a reader holds back to the commits of this long.
+/// Re-opening costs a `begin_read` and an `open_table` (microseconds), at most 10 times a second.
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(100);
+
+/// Reads one blob chunk by chunk; memory use is a chunk whatever the blob's size. The blob
+/// stays readable to the end even if it is deleted meanwhile.
+///
+/// A reader from [`BlobStore::get`](super::BlobStore::get) re-opens its snapshot as it goes
+/// (see the module docs); one from `verify` or the recovery store, or one whose content was
+/// being deleted as it opened, keeps one snapshot to the end.
 ///
 /// With verification on, the last chunk is only handed out after the SHA-1 of the whole blob
 /// matched its key: a damaged blob fails before its final byte instead of passing as whole.
 pub struct BlobReader {
-    chunks: Arc<ChunkTable>,
+    /// The current snapshot's chunk table; `None` after `release_snapshot`.
+    chunks: Option<Arc<ChunkTable>>,
+    /// Where a fresh snapshot comes from; `None`: the first snapshot is kept to the end.
+    live: Option<Live>,
     key: BlobKey,
     len: u64,
     layout: Layout,
@@ -37,10 +60,20 @@ pub struct BlobReader {
     current: Option<(Chunk, usize)>,
 }
 
-/// One chunk of a blob, borrowed from the database's page (no copy).
+/// A reader's way to fresh snapshots.
+struct Live {
+    db: Arc<DbHandle>,
+    /// Keeps the blob's chunks while snapshots move on.
+    _lease: Lease,
+    opened: Instant,
+}
+
+/// One chunk of a blob, borrowed from the database's page (no copy). It keeps its snapshot
+/// (so the page is not reused under it) until it is dropped, whatever the reader does.
 pub struct Chunk {
     guard: AccessGuard<'static, &'static [u8]>,
     len: usize,
+    _snapshot: Arc<ChunkTable>,
 }
 
 impl Chunk {
@@ -131,8 +164,9 @@ impl std::fmt::Debug for BlobReader {
 }
 
 impl BlobReader {
-    /// A reader that checks what it reads when `verify` is set: each chunk's CRC-32C, or the
-    /// SHA-1 of the whole blob in a store without checksums.
+    /// A reader of one snapshot (`chunks`) to the end, that checks what it reads when
+    /// `verify` is set: each chunk's CRC-32C, or the SHA-1 of the whole blob in a store without
+    /// checksums.
     pub(crate) fn new(
         chunks: ChunkTable,
         key: BlobKey,
@@ -141,17 +175,39 @@ impl BlobReader {
         verify: bool,
     ) -> Self {
         let sha = verify && !layout.checksums;
-        Self::with_checks(chunks, key, len, layout, verify, sha)
+        Self::with_checks(chunks, None, key, len, layout, verify, sha)
+    }
+
+    /// Like [`new`](Self::new), but the snapshot is re-opened from `db` as it ages or is
+    /// released; `lease` keeps the blob's chunks meanwhile. `chunks` is the snapshot the blob
+    /// was found in.
+    pub(crate) fn leased(
+        db: Arc<DbHandle>,
+        lease: Lease,
+        chunks: ChunkTable,
+        key: BlobKey,
+        len: u64,
+        layout: Layout,
+        verify: bool,
+    ) -> Self {
+        let sha = verify && !layout.checksums;
+        let live = Live {
+            db,
+            _lease: lease,
+            opened: Instant::now(),
+        };
+        Self::with_checks(chunks, Some(live), key, len, layout, verify, sha)
     }
 
     /// A reader that checks everything: the chunks' CRC-32C (if the store keeps them) and the
     /// SHA-1 of the whole blob against its key.
     pub(crate) fn new_full(chunks: ChunkTable, key: BlobKey, len: u64, layout: Layout) -> Self {
-        Self::with_checks(chunks, key, len, layout, true, true)
+        Self::with_checks(chunks, None, key, len, layout, true, true)
     }
 
     fn with_checks(
         chunks: ChunkTable,
+        live: Option<Live>,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -160,11 +216,13 @@ impl BlobReader {
     ) -> Self {
         let chunks = Arc::new(chunks);
         let count = layout.chunk_count(len);
+        // The helper keeps the first snapshot: it reads at disk speed and ends.
         let helper = (sha && count >= HELPER_MIN_CHUNKS)
             .then(|| Helper::start(Arc::clone(&chunks), key, len, layout))
             .flatten();
         BlobReader {
-            chunks,
+            chunks: Some(chunks),
+            live,
             key,
             len,
             layout,
@@ -197,6 +255,37 @@ impl BlobReader {
         self.count <= 1
     }
 
+    /// Drops the reader's snapshot now, so that it holds back no page the writer frees
+    /// meanwhile: call it when the reader will be idle for a while (a GET whose client is not
+    /// reading). The next [`next_chunk`](Self::next_chunk) opens a fresh one. Chunks already
+    /// handed out stay valid (each keeps its own snapshot until dropped). A no-op for a reader
+    /// that keeps one snapshot to the end (see the type's docs).
+    pub fn release_snapshot(&mut self) {
+        if self.live.is_some() {
+            self.chunks = None;
+        }
+    }
+
+    /// Whether the reader holds a snapshot now (false after
+    /// [`release_snapshot`](Self::release_snapshot) until the next chunk).
+    pub fn holds_snapshot(&self) -> bool {
+        self.chunks.is_some()
+    }
+
+    /// The snapshot to read from: a fresh one if the current one is released or too old.
+    fn snapshot(&mut self) -> Result<Arc<ChunkTable>, StoreError> {
+        if let Some(live) = self.live.as_mut()
+            && (self.chunks.is_none() || live.opened.elapsed() >= SNAPSHOT_MAX_AGE)
+        {
+            // The old snapshot goes first: nothing gains from holding two.
+            self.chunks = None;
+            let table = live.db.get()?.begin_read()?.open_table(CHUNKS)?;
+            self.chunks = Some(Arc::new(table));
+            live.opened = Instant::now();
+        }
+        self.chunks.clone().ok_or(StoreError::Closed)
+    }
+
     fn damaged(&self, what: impl Into<String>) -> StoreError {
         StoreError::Damaged {
             key: self.key,
@@ -216,8 +305,8 @@ impl BlobReader {
             return Ok(None);
         }
         let i = self.next;
-        let guard = self
-            .chunks
+        let snapshot = self.snapshot()?;
+        let guard = snapshot
             .get((self.key.0, i))?
             .ok_or_else(|| self.damaged(format!("chunk {i} is missing")))?;
         let expected = self.layout.data_len(self.len, i);
@@ -254,6 +343,7 @@ impl BlobReader {
         Ok(Some(Chunk {
             len: expected as usize,
             guard,
+            _snapshot: snapshot,
         }))
     }
 }

@@ -17,10 +17,12 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase};
 
 use super::faults::FaultSwitch;
+use super::lease::Leases;
 use super::schema::{Layout, SETTINGS, STORE_ID_SETTING, WAL_LSN_SETTING};
 use super::writer::{Tables, WriteOp};
 use super::{StoreError, crc};
@@ -146,8 +148,14 @@ impl Wal {
 
     /// Applies the records the database has not made durable yet, makes them durable in the
     /// database, and empties the log. Runs at every open of the database, before anything else
-    /// uses it. Returns the number of records applied.
-    pub(crate) fn replay(&mut self, db: &Database, layout: Layout) -> Result<u64, StoreError> {
+    /// uses it (GETs opened before a reopen keep what they lease: `lease.rs`). Returns the
+    /// number of records applied.
+    pub(crate) fn replay(
+        &mut self,
+        db: &Database,
+        layout: Layout,
+        leases: &Arc<Leases>,
+    ) -> Result<u64, StoreError> {
         let (store_id, mut applied) = {
             let txn = db.begin_read()?;
             let settings = txn.open_table(SETTINGS)?;
@@ -169,8 +177,10 @@ impl Wal {
         let mut reader = io::BufReader::new(file).take(limit);
         let mut replayed = 0;
         let txn = db.begin_write()?;
+        // Kept until the commit has ended (see lease.rs).
+        let frees = leases.batch();
         let stop = {
-            let mut t = Tables::open(&txn, layout)?;
+            let mut t = Tables::open_leased(&txn, layout, Arc::clone(&frees))?;
             let stop = loop {
                 let (lsn, ops) = match read_record(&mut reader, store_id)? {
                     Next::Record(lsn, ops) => (lsn, ops),
@@ -380,7 +390,7 @@ fn encode(buf: &mut Vec<u8>, store_id: u64, lsn: u64, batch: &[WriteOp]) -> Resu
                     buf.extend_from_slice(&job.0);
                 }
             },
-            WriteOp::Barrier { .. } => continue,
+            WriteOp::Barrier { .. } | WriteOp::FreePending => continue,
         }
         ops += 1;
     }
