@@ -2,7 +2,7 @@
 //! with and without readers, against the built binary, and the growth of the file's allocated
 //! size (st_blocks × 512 of blobs.redb) is compared.
 //!
-//! The tests take two minutes each and run one at a time (they measure the disk).
+//! Each test takes two minutes; they run one at a time (they measure the disk).
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -155,18 +155,17 @@ fn compare(stalled: bool) {
     );
 }
 
-/// The slow half of the bar: the server keeps asking the reader for chunks, and the reader
-/// re-opens its snapshot as it goes.
+/// The bar: a GET read at 1 MiB/s and one never read. The server blocks in `writev` for both;
+/// it holds chunks that are copies (the reader's consumer never proved fast), and the reader holds
+/// no snapshot between chunks.
 #[test]
-fn a_get_read_at_1_mib_per_second_does_not_grow_the_file() {
-    compare(false);
-}
-
-/// The whole bar. Needs a server that calls `BlobReader::release_snapshot` when it parks a GET
-/// whose client does not read (the readiness-loop server): the thread-per-connection server
-/// blocks in `writev` holding the chunks it is writing, and with them their snapshot.
-#[test]
-#[ignore = "needs the readiness-loop server, which releases the snapshot of a parked GET"]
 fn a_slow_and_a_stalled_get_do_not_grow_the_file() {
     compare(true);
+}
+
+/// The slow half alone, to tell the halves apart when the bar fails.
+#[test]
+#[ignore = "diagnostic: the bar's test covers it"]
+fn a_get_read_at_1_mib_per_second_does_not_grow_the_file() {
+    compare(false);
 }

@@ -286,24 +286,72 @@ mod tests {
         let start = image.len();
         churn(&store, 3, 1600);
         let without = image.len() - start;
-        // A reader paused between chunks while others commit, as a server parks a GET whose
-        // client does not read.
+        // A reader parked between chunks while others commit, each chunk kept meanwhile, as a
+        // server keeps what the socket did not take yet.
         let start = image.len();
         let mut r = store.get(&id).unwrap().unwrap();
         let mut out = Vec::new();
         for round in 0..16 {
-            out.extend_from_slice(r.next_chunk().unwrap().unwrap().value());
+            let chunk = r.next_chunk().unwrap().unwrap();
             r.release_snapshot();
+            assert!(!chunk.holds_snapshot() && !r.holds_snapshot());
             churn(&store, 10 + round, 100);
+            out.extend_from_slice(chunk.value());
         }
         read_rest(&mut r, &mut out);
         assert!(out == blob, "the paused read came back different");
         let with = image.len() - start;
-        eprintln!("churn grew the image by {without} bytes without a reader, {with} with one");
         assert!(
             with <= without + (1 << 20),
             "the file grew by {with} bytes with a paused reader, {without} without"
         );
+    }
+
+    #[test]
+    fn a_fast_consumer_borrows_chunks_and_a_pause_puts_it_back_to_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreOptions::new(dir.path())
+            .in_memory(MemoryImage::new())
+            .open()
+            .unwrap();
+        let blob = data(11, 2 * crate::store::BORROW_AFTER as usize);
+        let id = BlobId::Content(store.put(&blob).unwrap());
+        // Proving fast takes BORROW_AFTER bytes without a pause of SNAPSHOT_MAX_AGE: a few
+        // milliseconds here, retried in case the machine paused this thread.
+        let mut borrowed = false;
+        for _ in 0..5 {
+            let mut r = store.get(&id).unwrap().unwrap();
+            let mut taken = 0u64;
+            while let Some(c) = r.next_chunk().unwrap() {
+                if c.holds_snapshot() {
+                    assert!(
+                        taken >= crate::store::BORROW_AFTER,
+                        "borrowed after {taken}"
+                    );
+                    borrowed = true;
+                    break;
+                }
+                taken += c.value().len() as u64;
+            }
+            if borrowed {
+                // A pause longer than a snapshot may live: copies again.
+                std::thread::sleep(crate::store::SNAPSHOT_MAX_AGE * 2);
+                let c = r.next_chunk().unwrap().unwrap();
+                assert!(!c.holds_snapshot() && !r.holds_snapshot());
+                break;
+            }
+        }
+        assert!(borrowed, "never proved fast");
+        // A consumer that promises to detach what it keeps borrows from the start.
+        let mut r = store.get(&id).unwrap().unwrap();
+        r.borrow_chunks();
+        let mut c = r.next_chunk().unwrap().unwrap();
+        assert!(c.holds_snapshot());
+        r.release_snapshot();
+        c.detach();
+        assert!(!c.holds_snapshot() && !r.holds_snapshot());
+        assert!(c.value() == &blob[..c.value().len()]);
+        assert!(r.next_chunk().unwrap().unwrap().holds_snapshot());
     }
 
     /// Opens a reader of `id`, reads its first chunk and drops its snapshot.
@@ -475,7 +523,11 @@ mod tests {
         let mut r = reader.unwrap();
         r.release_snapshot();
         assert!(r.holds_snapshot(), "leased a key being freed");
-        let mut out = Vec::new();
+        let mut first = r.next_chunk().unwrap().unwrap();
+        assert!(first.holds_snapshot());
+        first.detach();
+        assert!(!first.holds_snapshot());
+        let mut out = first.value().to_vec();
         read_rest(&mut r, &mut out);
         assert!(out == blob);
         // Found, then leased after the free committed.

@@ -31,7 +31,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
 pub use memory::MemoryImage;
-pub use read::{BlobReader, Chunk, SNAPSHOT_MAX_AGE};
+pub use read::{BORROW_AFTER, BlobReader, Chunk, SNAPSHOT_MAX_AGE};
 pub use schema::ContentMeta;
 pub use spool::{Spooled, Upload};
 pub use verify::{Damage, VerifyReport};

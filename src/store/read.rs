@@ -1,12 +1,23 @@
 //! Streaming reads: one chunk at a time from a read transaction, checked on the way.
 //!
 //! A GET does not keep one read transaction for its whole transfer: redb cannot reuse a page
-//! freed after the oldest live snapshot began, so a slow or stalled client would make the
-//! database file grow with every commit of other clients' writes. The reader re-opens its
-//! snapshot once it is [`SNAPSHOT_MAX_AGE`] old, and drops it on
+//! freed by a commit after the oldest live snapshot began (even a page that snapshot never saw),
+//! so a slow or stalled client would make the database file grow with every commit of other
+//! clients' writes. What a snapshot costs grows with how long it lives, and under churn it is a
+//! lot: measured with 4 KiB PUT/DELETE churn (non-durable commits under the write-ahead log), a
+//! snapshot renewed every ~15 ms grew the file by 1 MiB over 30,000 pairs, one renewed every
+//! ~450 ms by 120 MiB over 10,000, and one borrowed chunk held ~2 s in a blocked `writev` by
+//! ~100 MiB. So a reader hands out *copies* and holds no snapshot between chunks, until its
+//! consumer has taken [`BORROW_AFTER`] bytes without pausing: more than a connection's socket
+//! buffers hold, so a client that stops reading is caught before the server blocks holding
+//! borrowed chunks. A proven-fast consumer gets chunks borrowed from the database's pages (no
+//! copy) and the reader renews its snapshot every [`SNAPSHOT_MAX_AGE`]; a pause of that long, or
 //! [`release_snapshot`](BlobReader::release_snapshot) (a server parking a GET whose client does
-//! not read); a lease on the content key (`lease.rs`) keeps the chunks meanwhile. A blob deleted
-//! during a GET is therefore still sent whole to that GET, while new GETs no longer find it.
+//! not read), puts it back to copies. A consumer that never blocks holding a chunk (a
+//! readiness-loop server, which detaches what it keeps when it parks a GET) asks for borrowed
+//! chunks from the start with [`borrow_chunks`](BlobReader::borrow_chunks). Meanwhile a lease on the content key (`lease.rs`) keeps
+//! the chunks: a blob deleted during a GET is still sent whole to that GET, while new GETs no
+//! longer find it.
 //!
 //! Each chunk carries a CRC-32C of its key, index and bytes (stores created since checksums;
 //! see `schema::Layout`), checked before the chunk is handed out: damage is caught at the chunk
@@ -29,10 +40,16 @@ use super::lease::Lease;
 use super::schema::{CHUNKS, Layout};
 use crate::key::{BlobKey, KeyHasher};
 
-/// Longest a reader keeps one snapshot: a commit's freed pages can be reused once no snapshot
-/// older than it is left, so this bounds what a reader holds back to the commits of this long.
-/// Re-opening costs a `begin_read` and an `open_table` (microseconds), at most 10 times a second.
-pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(100);
+/// Longest a reader keeps one snapshot, and the pause between two chunks after which its consumer
+/// counts as slow (see the module docs). Re-opening costs a `begin_read` and an `open_table`
+/// (microseconds), at most 100 times a second for a fast consumer.
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(10);
+
+/// Bytes a consumer takes without pausing before it gets borrowed chunks instead of copies: more
+/// than Linux lets one connection buffer by default (4 MiB sent + 6 MiB received), so a GET
+/// whose client stops reading blocks, or is parked, while its chunks are still copies. A large
+/// fast GET copies only this much.
+pub const BORROW_AFTER: u64 = 16 * 1024 * 1024;
 
 /// Reads one blob chunk by chunk; memory use is a chunk whatever the blob's size. The blob
 /// stays readable to the end even if it is deleted meanwhile.
@@ -66,26 +83,63 @@ struct Live {
     /// Keeps the blob's chunks while snapshots move on.
     _lease: Lease,
     opened: Instant,
+    /// When the last chunk was handed out.
+    last: Option<Instant>,
+    /// Bytes handed out since the consumer last paused (or released the snapshot): below
+    /// [`BORROW_AFTER`], chunks are copies and no snapshot is kept between them.
+    streak: u64,
+    /// The consumer never blocks holding a chunk ([`BlobReader::borrow_chunks`]).
+    borrow: bool,
 }
 
-/// One chunk of a blob, borrowed from the database's page (no copy). It keeps its snapshot
-/// (so the page is not reused under it) until it is dropped, whatever the reader does.
+/// One chunk of a blob. Handed to a consumer proven fast (or by a reader of one snapshot) it is
+/// borrowed from the database's page (no copy) and keeps that page's snapshot until it is
+/// dropped or [detached](Self::detach); otherwise it is a copy that holds nothing. Either way it
+/// stays valid whatever the reader does.
 pub struct Chunk {
-    guard: AccessGuard<'static, &'static [u8]>,
+    data: ChunkData,
     len: usize,
-    _snapshot: Arc<ChunkTable>,
+}
+
+enum ChunkData {
+    Page {
+        guard: AccessGuard<'static, &'static [u8]>,
+        /// Dropped after `guard`: the page is not reused while the guard reads it.
+        _snapshot: Arc<ChunkTable>,
+    },
+    Owned(Box<[u8]>),
 }
 
 impl Chunk {
     /// The blob bytes of this chunk.
     pub fn value(&self) -> &[u8] {
-        &self.guard.value()[..self.len]
+        match &self.data {
+            ChunkData::Page { guard, .. } => &guard.value()[..self.len],
+            ChunkData::Owned(b) => b,
+        }
+    }
+
+    /// Copies the bytes out if the chunk is borrowed, so that it no longer holds a database
+    /// snapshot: call it on a chunk kept while its GET is parked (with
+    /// [`BlobReader::release_snapshot`]), or the snapshot outlives the park.
+    pub fn detach(&mut self) {
+        if matches!(self.data, ChunkData::Page { .. }) {
+            self.data = ChunkData::Owned(self.value().into());
+        }
+    }
+
+    /// Whether the chunk holds a database snapshot (it is borrowed from a page).
+    pub fn holds_snapshot(&self) -> bool {
+        matches!(self.data, ChunkData::Page { .. })
     }
 }
 
 impl std::fmt::Debug for Chunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chunk").field("len", &self.len).finish()
+        f.debug_struct("Chunk")
+            .field("len", &self.len)
+            .field("borrowed", &self.holds_snapshot())
+            .finish()
     }
 }
 
@@ -195,6 +249,9 @@ impl BlobReader {
             db,
             _lease: lease,
             opened: Instant::now(),
+            last: None,
+            streak: 0,
+            borrow: false,
         };
         Self::with_checks(chunks, Some(live), key, len, layout, verify, sha)
     }
@@ -257,12 +314,28 @@ impl BlobReader {
 
     /// Drops the reader's snapshot now, so that it holds back no page the writer frees
     /// meanwhile: call it when the reader will be idle for a while (a GET whose client is not
-    /// reading). The next [`next_chunk`](Self::next_chunk) opens a fresh one. Chunks already
-    /// handed out stay valid (each keeps its own snapshot until dropped). A no-op for a reader
-    /// that keeps one snapshot to the end (see the type's docs).
+    /// reading). The next [`next_chunk`](Self::next_chunk) opens a fresh one, and chunks are
+    /// copies that hold no snapshot until the consumer proves fast again ([`BORROW_AFTER`]).
+    /// Chunks already handed out stay valid; a borrowed one keeps its snapshot until dropped or
+    /// [detached](Chunk::detach). A no-op for a reader that keeps one snapshot to the end (see
+    /// the type's docs).
     pub fn release_snapshot(&mut self) {
-        if self.live.is_some() {
+        if let Some(live) = self.live.as_mut() {
             self.chunks = None;
+            live.streak = 0;
+        }
+    }
+
+    /// Hands out borrowed chunks (no copy) from the first one on, whatever the consumer's pace:
+    /// for a consumer that never blocks while it holds a chunk, and that
+    /// [detaches](Chunk::detach) the chunks it keeps when it parks the GET (calling
+    /// [`release_snapshot`](Self::release_snapshot) too). A readiness-loop server is one; a
+    /// blocking `write` of a borrowed chunk to a client that stopped reading would keep a snapshot
+    /// for as long as it blocks, which is why chunks are copies by default until the consumer
+    /// proves fast.
+    pub fn borrow_chunks(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            live.borrow = true;
         }
     }
 
@@ -274,6 +347,11 @@ impl BlobReader {
 
     /// The snapshot to read from: a fresh one if the current one is released or too old.
     fn snapshot(&mut self) -> Result<Arc<ChunkTable>, StoreError> {
+        if let Some(live) = self.live.as_mut()
+            && live.last.is_some_and(|t| t.elapsed() >= SNAPSHOT_MAX_AGE)
+        {
+            live.streak = 0;
+        }
         if let Some(live) = self.live.as_mut()
             && (self.chunks.is_none() || live.opened.elapsed() >= SNAPSHOT_MAX_AGE)
         {
@@ -340,10 +418,30 @@ impl BlobReader {
                 return Err(self.damaged("content does not match its key"));
             }
         }
+        let data = match self.live.as_mut() {
+            Some(live) => {
+                let borrow = live.borrow || live.streak >= BORROW_AFTER;
+                live.streak += expected;
+                live.last = Some(Instant::now());
+                if borrow {
+                    ChunkData::Page {
+                        guard,
+                        _snapshot: snapshot,
+                    }
+                } else {
+                    // Nothing pins a snapshot while the consumer may dawdle.
+                    self.chunks = None;
+                    ChunkData::Owned(data.into())
+                }
+            }
+            None => ChunkData::Page {
+                guard,
+                _snapshot: snapshot,
+            },
+        };
         Ok(Some(Chunk {
             len: expected as usize,
-            guard,
-            _snapshot: snapshot,
+            data,
         }))
     }
 }
