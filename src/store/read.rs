@@ -1,23 +1,24 @@
 //! Streaming reads: one chunk at a time from a read transaction, checked on the way.
 //!
-//! A GET does not keep one read transaction for its whole transfer: redb cannot reuse a page
-//! freed by a commit after the oldest live snapshot began (even a page that snapshot never saw),
-//! so a slow or stalled client would make the database file grow with every commit of other
-//! clients' writes. What a snapshot costs grows with how long it lives, and under churn it is a
-//! lot: measured with 4 KiB PUT/DELETE churn (non-durable commits under the write-ahead log), a
-//! snapshot renewed every ~15 ms grew the file by 1 MiB over 30,000 pairs, one renewed every
-//! ~450 ms by 120 MiB over 10,000, and one borrowed chunk held ~2 s in a blocked `writev` by
-//! ~100 MiB. So a reader hands out *copies* and holds no snapshot between chunks, until its
-//! consumer has taken [`BORROW_AFTER`] bytes without pausing: more than a connection's socket
-//! buffers hold, so a client that stops reading is caught before the server blocks holding
-//! borrowed chunks. A proven-fast consumer gets chunks borrowed from the database's pages (no
-//! copy) and the reader renews its snapshot every [`SNAPSHOT_MAX_AGE`]; a pause of that long, or
-//! [`release_snapshot`](BlobReader::release_snapshot) (a server parking a GET whose client does
-//! not read), puts it back to copies. A consumer that never blocks holding a chunk (a
-//! readiness-loop server, which detaches what it keeps when it parks a GET) asks for borrowed
-//! chunks from the start with [`borrow_chunks`](BlobReader::borrow_chunks). Meanwhile a lease on the content key (`lease.rs`) keeps
-//! the chunks: a blob deleted during a GET is still sent whole to that GET, while new GETs no
-//! longer find it.
+//! A GET does not keep one read transaction for its whole transfer: redb cannot reuse a page freed
+//! by a commit after the oldest live snapshot began (even a page that snapshot never saw), so a
+//! slow or stalled client would make the database file grow with every commit of other clients'
+//! writes. What a snapshot costs grows with how long it lives, and under churn it is a lot:
+//! measured with 4 KiB PUT/DELETE churn (non-durable commits under the write-ahead log), a snapshot
+//! renewed every ~15 ms grew the file by 1 MiB over 30,000 pairs, one renewed every ~450 ms by
+//! 100 MiB over its first 10,000; and in `tests/reader_growth.rs` a 1 MiB/s GET whose server held
+//! borrowed chunks in a blocked `writev` only until the client proved slow grew it by 106 MiB in
+//! 60 s. So a reader hands out *copies* and holds no snapshot between chunks, until its consumer
+//! has taken [`BORROW_AFTER`] bytes without pausing: more than a connection's socket buffers hold,
+//! so a client that stops reading is caught before the server blocks holding borrowed chunks. A
+//! proven-fast consumer gets chunks borrowed from the database's pages (no copy) and the reader
+//! renews its snapshot every [`SNAPSHOT_MAX_AGE`]; a pause of that long, or
+//! [`release_snapshot`](BlobReader::release_snapshot) (a server parking a GET whose client does not
+//! read), puts it back to copies. A consumer that never blocks holding a chunk (a readiness-loop
+//! server, which detaches what it keeps when it parks a GET) asks for borrowed chunks from the
+//! start with [`borrow_chunks`](BlobReader::borrow_chunks). Meanwhile a lease on the content key
+//! (`lease.rs`) keeps the chunks: a blob deleted during a GET is still sent whole to that GET,
+//! while new GETs no longer find it.
 //!
 //! Each chunk carries a CRC-32C of its key, index and bytes (stores created since checksums;
 //! see `schema::Layout`), checked before the chunk is handed out: damage is caught at the chunk
