@@ -340,8 +340,9 @@ impl BlobReader {
         }
     }
 
-    /// Whether the reader holds a snapshot now (false after
-    /// [`release_snapshot`](Self::release_snapshot) until the next chunk).
+    /// Whether the reader holds a snapshot now: not after
+    /// [`release_snapshot`](Self::release_snapshot), nor between chunks while it hands out
+    /// copies.
     pub fn holds_snapshot(&self) -> bool {
         self.chunks.is_some()
     }
