@@ -30,8 +30,10 @@ const DRAIN_TIME: Duration = Duration::from_secs(1);
 const DRAIN_BYTES: usize = 16 * 1024 * 1024;
 /// Rounds of events handled without waiting before a deadline sweep (see `run`).
 const CATCH_UP_ROUNDS: usize = 4;
-/// A GET whose peer took nothing for this long lets go of its database snapshot.
-const PARK_AFTER: Duration = Duration::from_millis(100);
+/// A GET whose socket would block for this long lets go of its database snapshot: as briefly
+/// as the store's readers keep one (`store::SNAPSHOT_MAX_AGE`), so that a fast client, whose
+/// socket is writable again within a millisecond or two, pays no copy.
+const PARK_AFTER: Duration = crate::store::SNAPSHOT_MAX_AGE;
 
 /// What the server shares with its workers.
 pub(super) struct Shared {
@@ -85,6 +87,8 @@ struct Conn {
     watch_writes: bool,
     /// The peer's FIN was seen by epoll: read to the end even after a short read.
     read_closed: bool,
+    /// Since when a GET holding a snapshot has waited for the socket (see [`PARK_AFTER`]).
+    waiting_since: Option<Instant>,
 }
 
 /// What a turn left a connection waiting for.
@@ -106,6 +110,8 @@ pub(super) struct Worker {
     load: Arc<AtomicUsize>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
+    /// Connections whose GET waits for the socket while holding a snapshot.
+    waiting: Vec<usize>,
     buf: Vec<u8>,
     sweep_every: Duration,
 }
@@ -128,6 +134,7 @@ impl Worker {
             load: Arc::clone(&load),
             conns: Vec::new(),
             free: Vec::new(),
+            waiting: Vec::new(),
             buf: vec![0u8; READ_BUF],
             sweep_every,
         };
@@ -141,7 +148,9 @@ impl Worker {
         let mut next_sweep = Instant::now() + self.sweep_every;
         while !self.shared.shutdown.load(Ordering::SeqCst) {
             let timeout = if again.is_empty() {
-                next_sweep.saturating_duration_since(Instant::now())
+                let park = self.next_park().unwrap_or(next_sweep);
+                park.min(next_sweep)
+                    .saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -149,6 +158,7 @@ impl Worker {
                 tracing::error!(error = %e, "readiness wait failed; worker stops");
                 break;
             }
+            self.park_waiting(Instant::now());
             if Instant::now() >= next_sweep {
                 // Whatever arrived while this worker was busy with the store counts before
                 // anyone is judged slow: a long commit must not make its neighbours look idle.
@@ -209,6 +219,34 @@ impl Worker {
         Ok(n)
     }
 
+    /// When the first GET waiting for its socket must let go of its snapshot.
+    fn next_park(&self) -> Option<Instant> {
+        self.waiting
+            .iter()
+            .filter_map(|&slot| self.conns.get(slot)?.as_ref()?.waiting_since)
+            .min()
+            .map(|t| t + PARK_AFTER)
+    }
+
+    /// GETs that have waited [`PARK_AFTER`] for their socket let go of their snapshots.
+    fn park_waiting(&mut self, now: Instant) {
+        let conns = &mut self.conns;
+        self.waiting.retain(|&slot| {
+            let Some(c) = conns.get_mut(slot).and_then(Option::as_mut) else {
+                return false;
+            };
+            match c.waiting_since {
+                Some(t) if now.duration_since(t) >= PARK_AFTER => {
+                    c.session.park();
+                    c.waiting_since = None;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            }
+        });
+    }
+
     fn close_all(&mut self) {
         for slot in 0..self.conns.len() {
             self.close(slot);
@@ -257,6 +295,7 @@ impl Worker {
             phase: Phase::Open,
             watch_writes: false,
             read_closed: false,
+            waiting_since: None,
         });
     }
 
@@ -292,6 +331,14 @@ impl Worker {
                     Turn::Close
                 });
         let watch = matches!(turn, Turn::WaitWritable);
+        // In `waiting` while `waiting_since` is set (stale entries are dropped as found).
+        let listed = conn.waiting_since.take().is_some();
+        if watch && conn.session.holds_snapshot() {
+            conn.waiting_since = Some(Instant::now());
+            if !listed {
+                self.waiting.push(slot);
+            }
+        }
         if !matches!(turn, Turn::Close) && watch != conn.watch_writes {
             let interest = if watch {
                 Interest::READABLE | Interest::WRITABLE
@@ -329,7 +376,6 @@ impl Worker {
                 }
                 continue;
             }
-            c.session.park(now, PARK_AFTER);
             if c.session.sending() {
                 c.session.peer_took(send_queue(&c.stream), now);
             }

@@ -343,6 +343,9 @@ impl Session {
                 "BLOB size exceeds the maximum size (2 GB).".into(),
             ));
         }
+        // Zero-copy chunks: this loop never blocks while it holds one, and a GET it parks
+        // detaches what it holds (`park`).
+        r.borrow_chunks();
         // The first chunk is checked before anything is sent: damage there gets an error reply.
         let first = r
             .next_chunk()
@@ -462,13 +465,20 @@ impl Session {
         }
     }
 
-    /// A GET reply whose peer has not taken a byte for `after` lets go of its database snapshot,
-    /// so that a stalled reader does not keep freed pages from being reused.
-    pub(super) fn park(&mut self, now: Instant, after: Duration) {
-        if let Some(b) = self.blob.as_mut()
-            && now.duration_since(self.timing.last_progress) >= after
-        {
+    /// Whether a GET reply holds a database snapshot (its reader, or chunks waiting to go out).
+    pub(super) fn holds_snapshot(&self) -> bool {
+        self.blob
+            .as_ref()
+            .is_some_and(|b| b.reader.holds_snapshot() || b.ready.iter().any(Chunk::holds_snapshot))
+    }
+
+    /// Lets a GET reply whose peer is not taking it go of its database snapshot: its waiting
+    /// chunks become copies. redb reuses no page freed while any snapshot is open, so a reader
+    /// that holds one while its client dawdles would make the file grow.
+    pub(super) fn park(&mut self) {
+        if let Some(b) = self.blob.as_mut() {
             b.reader.release_snapshot();
+            b.ready.iter_mut().for_each(Chunk::detach);
         }
     }
 

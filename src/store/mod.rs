@@ -2,11 +2,14 @@
 //!
 //! Writes go through one writer thread that commits whatever PUTs and DELETEs are queued in one
 //! transaction (group commit), so concurrent uploads share one fsync. Reads stream chunk by chunk
-//! from a read transaction. See `schema.rs` for the tables and the reference-counting rule.
+//! from short-lived read transactions, the blob's content leased against deletion meanwhile: a
+//! GET in flight when its blob is deleted finishes whole, a new GET does not find it (`read.rs`,
+//! `lease.rs`). See `schema.rs` for the tables and the reference-counting rule.
 
 mod crc;
 mod faults;
 mod handle;
+mod lease;
 mod logfile;
 mod memory;
 mod oneshot;
@@ -27,12 +30,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle};
 
 pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
 pub use memory::MemoryImage;
-pub use read::{BlobReader, Chunk};
+pub use read::{BORROW_AFTER, BlobReader, Chunk, SNAPSHOT_MAX_AGE};
 pub use schema::ContentMeta;
 #[doc(hidden)]
 pub use sim::SimDisk;
@@ -44,6 +47,7 @@ pub use wal::{LogEnd, LogReplay, WAL_FILE};
 use crate::key::{BlobId, BlobKey, JobId, check_name};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::recovery::RecoveryStore;
+use lease::{Grant, Leases};
 use schema::*;
 use writer::WriteOp;
 
@@ -256,6 +260,15 @@ impl StoreOptions {
     }
 }
 
+/// A blob found by [`BlobStore::get`], not leased yet.
+struct Found {
+    /// The leases' epoch, read before `chunks`' snapshot began.
+    epoch: u64,
+    chunks: redb::ReadOnlyTable<([u8; 20], u32), &'static [u8]>,
+    key: BlobKey,
+    len: u64,
+}
+
 /// One entry of [`BlobStore::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobEntry {
@@ -286,7 +299,9 @@ pub struct StoreStats {
 
 /// The parts shared by the store's handles and its writer thread.
 pub(crate) struct Shared {
-    db: handle::DbHandle,
+    db: Arc<handle::DbHandle>,
+    /// What GETs in flight read, kept from the writer's frees (`lease.rs`).
+    leases: Arc<Leases>,
     /// The write-ahead log of a store on disk (`wal.rs`); `None` for a memory image.
     wal: Option<Arc<Mutex<wal::Wal>>>,
     /// The reserve for a full disk of a store on disk (`space.rs`); `None` for a memory image.
@@ -299,7 +314,8 @@ pub(crate) struct Shared {
 
 struct Inner {
     shared: Arc<Shared>,
-    tx: Mutex<Option<Sender<WriteOp>>>,
+    /// Shared with the leases' waker, which must not keep the channel open once this closes it.
+    tx: Arc<Mutex<Option<Sender<WriteOp>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -411,13 +427,15 @@ impl BlobStore {
             (None, None) => Some(wal::Wal::open(&wal_path, opts.faults.clone())?),
         }
         .map(|w| Arc::new(Mutex::new(w)));
-        let (cache_size, faults, memory, sim, chunk_size, log) = (
+        let leases = Leases::new();
+        let (cache_size, faults, memory, sim, chunk_size, log, held) = (
             opts.cache_size,
             opts.faults.clone(),
             opts.memory.clone(),
             opts.sim_disk.clone(),
             opts.chunk_size as u64,
             wal.clone(),
+            Arc::clone(&leases),
         );
         let attempt = move |path: &Path| {
             let mut b = Database::builder();
@@ -427,12 +445,13 @@ impl BlobStore {
                 (None, Some(disk)) => open_db_memory(path, &b, disk.db_backend(), &faults)?,
                 (None, None) => open_db_file_guarded(path, &b, &faults, guard.clone())?,
             };
+            let layout = init_schema(&db, chunk_size)?;
             if let Some(log) = &log {
-                let layout = init_schema(&db, chunk_size)?;
                 log.lock()
                     .map_err(|_| StoreError::Closed)?
-                    .replay(&db, layout)?;
+                    .replay(&db, layout, &held)?;
             }
+            free_pending(&db, layout, &held)?;
             Ok(db)
         };
         let reserve = space.clone();
@@ -465,7 +484,8 @@ impl BlobStore {
         spool::clean_spool_dir(&spool_dir)
             .map_err(|e| StoreError::Open(spool_dir.clone(), e.to_string()))?;
         let shared = Arc::new(Shared {
-            db,
+            db: Arc::new(db),
+            leases,
             wal,
             spool_budget: spool::MemoryBudget::new(opts.spool_memory_total),
             space,
@@ -474,6 +494,17 @@ impl BlobStore {
             layout,
         });
         let (tx, rx) = bounded(shared.opts.max_batch * 2);
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let wake = Arc::clone(&tx);
+        // From a reader's drop: never blocks (see WriteOp::FreePending). Once the store has
+        // closed, what is pending stays in PENDING_FREE for the next open.
+        shared.leases.set_waker(move || {
+            if let Ok(tx) = wake.lock()
+                && let Some(tx) = tx.as_ref()
+            {
+                let _ = tx.try_send(WriteOp::FreePending);
+            }
+        });
         let w = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("blobvault-writer".into())
@@ -481,7 +512,7 @@ impl BlobStore {
         Ok(BlobStore {
             inner: Arc::new(Inner {
                 shared,
-                tx: Mutex::new(Some(tx)),
+                tx,
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -624,7 +655,20 @@ impl BlobStore {
     }
 
     /// Opens a streaming reader of the blob, or `None` when it is not stored.
+    ///
+    /// The reader holds no snapshot for long (see [`BlobReader`]); a DELETE while it reads does
+    /// not cut it short: the content's chunks stay until it is dropped.
     pub fn get(&self, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
+        match self.find(id)? {
+            Some(found) => self.open_found(found).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The first half of [`get`](Self::get): finds the blob in a fresh snapshot.
+    fn find(&self, id: &BlobId) -> Result<Option<Found>, StoreError> {
+        // Read before the snapshot begins: see lease.rs for the race this closes.
+        let epoch = self.inner.shared.leases.epoch();
         let txn = self.db()?.begin_read()?;
         let content = txn.open_table(CONTENT)?;
         let key = match id {
@@ -644,14 +688,47 @@ impl BlobStore {
         if matches!(id, BlobId::Content(_)) && !meta.pinned {
             return Ok(None);
         }
-        let chunks = txn.open_table(CHUNKS)?;
-        Ok(Some(BlobReader::new(
+        Ok(Some(Found {
+            epoch,
+            chunks: txn.open_table(CHUNKS)?,
+            key,
+            len: meta.len,
+        }))
+    }
+
+    /// The second half of [`get`](Self::get): leases the content found and opens its reader.
+    fn open_found(&self, found: Found) -> Result<BlobReader, StoreError> {
+        let shared = &self.inner.shared;
+        let Found {
+            epoch,
             chunks,
             key,
-            meta.len,
-            self.inner.shared.layout,
-            self.inner.shared.opts.verify_reads,
-        )))
+            len,
+        } = found;
+        let (layout, verify) = (shared.layout, shared.opts.verify_reads);
+        let lease = match shared.leases.lease(key.0, epoch) {
+            Grant::Lease(lease) => Some(lease),
+            // Chunks were freed since the snapshot began: the content must still be there
+            // after the lease was taken (then every later free of it waits for the lease).
+            Grant::Recheck(lease) => {
+                let fresh = self.db()?.begin_read()?;
+                let there = fresh.open_table(CONTENT)?.get(key.0)?.is_some();
+                there.then_some(lease)
+            }
+            Grant::Refused => None,
+        };
+        Ok(match lease {
+            Some(lease) => {
+                let db = Arc::clone(&shared.db);
+                BlobReader::leased(db, lease, chunks, key, len, layout, verify)
+            }
+            None => {
+                // Deleted as this GET opened it: served from the snapshot it was found in, which
+                // this reader keeps to its end (the file may grow meanwhile). Rare.
+                tracing::debug!(key = %key, "GET keeps its snapshot: its blob is being deleted");
+                BlobReader::new(chunks, key, len, layout, verify)
+            }
+        })
     }
 
     /// Like [`get`](Self::get), but a local miss is looked up in the recovery store (and kept
@@ -773,6 +850,9 @@ impl BlobStore {
     ///
     /// The report also carries what the replay of the write-ahead log found when this handle
     /// opened the store ([`VerifyReport::log`]).
+    ///
+    /// Chunks of content deleted while a GET was reading it are counted apart
+    /// ([`VerifyReport::pending_chunks`]), not as orphans.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut report = verify::verify(self.db()?.as_ref(), self.inner.shared.layout)?;
         report.log = self.last_replay();
@@ -830,6 +910,9 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
         txn.open_table(CONTENT)?;
         txn.open_table(NAMED)?;
         txn.open_table(CHUNKS)?;
+        // Added after the first stores: created (and committed) on their next open.
+        let has_pending = txn.list_tables()?.any(|t| t.name() == PENDING_FREE.name());
+        txn.open_table(PENDING_FREE)?;
         let mut settings = txn.open_table(SETTINGS)?;
         let existing = settings.get(CHUNK_SIZE_SETTING)?.map(|v| v.value());
         let (layout, mut created) = match existing {
@@ -855,6 +938,7 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
             settings.insert(STORE_ID_SETTING, random_id())?;
             created = true;
         }
+        created |= !has_pending;
         (layout, created)
     };
     // A value holds at most one chunk: redb's limit is far above this, and 0 would mean no chunks.
@@ -871,6 +955,27 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
         txn.abort()?;
     }
     Ok(layout)
+}
+
+/// Frees the chunks of content deleted during GETs that ended before they could be freed
+/// (a crash, or a store closed first): at every open, after the log's replay. Content that a
+/// GET still leases (a reopen after a storage failure) stays pending.
+fn free_pending(db: &Database, layout: Layout, leases: &Arc<Leases>) -> Result<(), StoreError> {
+    // Most opens find nothing: they commit nothing either.
+    if db.begin_read()?.open_table(PENDING_FREE)?.is_empty()? {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    // Kept until the commit has ended (see lease.rs).
+    let frees = leases.batch();
+    let n = writer::Tables::open_leased(&txn, layout, Arc::clone(&frees))?.free_all_pending()?;
+    txn.commit()?;
+    drop(frees);
+    tracing::info!(
+        contents = n,
+        "freed the chunks of blobs deleted during GETs"
+    );
+    Ok(())
 }
 
 /// Opens `path` for reading and writing, creating it if missing. It must be a regular file (or

@@ -1,5 +1,25 @@
 //! Streaming reads: one chunk at a time from a read transaction, checked on the way.
 //!
+//! A GET does not keep one read transaction for its whole transfer: redb cannot reuse a page freed
+//! by a commit after the oldest live snapshot began (even a page that snapshot never saw), so a
+//! slow or stalled client would make the database file grow with every commit of other clients'
+//! writes. What a snapshot costs grows with how long it lives, and under churn it is a lot:
+//! measured with 4 KiB PUT/DELETE churn (non-durable commits under the write-ahead log), a snapshot
+//! renewed every ~15 ms grew the file by 1 MiB over 30,000 pairs, one renewed every ~450 ms by
+//! 100 MiB over its first 10,000; and in `tests/reader_growth.rs` a 1 MiB/s GET whose server held
+//! borrowed chunks in a blocked `writev` only until the client proved slow grew it by 106 MiB in
+//! 60 s. So a reader hands out *copies* and holds no snapshot between chunks, until its consumer
+//! has taken [`BORROW_AFTER`] bytes without pausing: more than a connection's socket buffers hold,
+//! so a client that stops reading is caught before the server blocks holding borrowed chunks. A
+//! proven-fast consumer gets chunks borrowed from the database's pages (no copy) and the reader
+//! renews its snapshot every [`SNAPSHOT_MAX_AGE`]; a pause of that long, or
+//! [`release_snapshot`](BlobReader::release_snapshot) (a server parking a GET whose client does not
+//! read), puts it back to copies. A consumer that never blocks holding a chunk (a readiness-loop
+//! server, which detaches what it keeps when it parks a GET) asks for borrowed chunks from the
+//! start with [`borrow_chunks`](BlobReader::borrow_chunks). Meanwhile a lease on the content key
+//! (`lease.rs`) keeps the chunks: a blob deleted during a GET is still sent whole to that GET,
+//! while new GETs no longer find it.
+//!
 //! Each chunk carries a CRC-32C of its key, index and bytes (stores created since checksums;
 //! see `schema::Layout`), checked before the chunk is handed out: damage is caught at the chunk
 //! it is in, at about 8 GB/s. A full check re-computes the SHA-1 too (`verify`, and stores
@@ -10,21 +30,42 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use redb::{AccessGuard, ReadOnlyTable};
+use redb::{AccessGuard, ReadOnlyTable, ReadableDatabase};
 
 use super::StoreError;
 use super::crc;
-use super::schema::Layout;
+use super::handle::DbHandle;
+use super::lease::Lease;
+use super::schema::{CHUNKS, Layout};
 use crate::key::{BlobKey, KeyHasher};
 
-/// Reads one blob chunk by chunk; memory use is a chunk whatever the blob's size. The read
-/// transaction it holds keeps the blob readable even if it is deleted meanwhile.
+/// Longest a reader keeps one snapshot, and the pause between two chunks after which its consumer
+/// counts as slow (see the module docs). Re-opening costs a `begin_read` and an `open_table`
+/// (microseconds), at most 100 times a second for a fast consumer.
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_millis(10);
+
+/// Bytes a consumer takes without pausing before it gets borrowed chunks instead of copies: more
+/// than Linux lets one connection buffer by default (4 MiB sent + 6 MiB received), so a GET
+/// whose client stops reading blocks, or is parked, while its chunks are still copies. A large
+/// fast GET copies only this much.
+pub const BORROW_AFTER: u64 = 16 * 1024 * 1024;
+
+/// Reads one blob chunk by chunk; memory use is a chunk whatever the blob's size. The blob
+/// stays readable to the end even if it is deleted meanwhile.
+///
+/// A reader from [`BlobStore::get`](super::BlobStore::get) re-opens its snapshot as it goes
+/// (see the module docs); one from `verify` or the recovery store, or one whose content was
+/// being deleted as it opened, keeps one snapshot to the end.
 ///
 /// With verification on, the last chunk is only handed out after the SHA-1 of the whole blob
 /// matched its key: a damaged blob fails before its final byte instead of passing as whole.
 pub struct BlobReader {
-    chunks: Arc<ChunkTable>,
+    /// The current snapshot's chunk table; `None` after `release_snapshot`.
+    chunks: Option<Arc<ChunkTable>>,
+    /// Where a fresh snapshot comes from; `None`: the first snapshot is kept to the end.
+    live: Option<Live>,
     key: BlobKey,
     len: u64,
     layout: Layout,
@@ -37,22 +78,69 @@ pub struct BlobReader {
     current: Option<(Chunk, usize)>,
 }
 
-/// One chunk of a blob, borrowed from the database's page (no copy).
+/// A reader's way to fresh snapshots.
+struct Live {
+    db: Arc<DbHandle>,
+    /// Keeps the blob's chunks while snapshots move on.
+    _lease: Lease,
+    opened: Instant,
+    /// When the last chunk was handed out.
+    last: Option<Instant>,
+    /// Bytes handed out since the consumer last paused (or released the snapshot): below
+    /// [`BORROW_AFTER`], chunks are copies and no snapshot is kept between them.
+    streak: u64,
+    /// The consumer never blocks holding a chunk ([`BlobReader::borrow_chunks`]).
+    borrow: bool,
+}
+
+/// One chunk of a blob. Handed to a consumer proven fast (or by a reader of one snapshot) it is
+/// borrowed from the database's page (no copy) and keeps that page's snapshot until it is
+/// dropped or [detached](Self::detach); otherwise it is a copy that holds nothing. Either way it
+/// stays valid whatever the reader does.
 pub struct Chunk {
-    guard: AccessGuard<'static, &'static [u8]>,
+    data: ChunkData,
     len: usize,
+}
+
+enum ChunkData {
+    Page {
+        guard: AccessGuard<'static, &'static [u8]>,
+        /// Dropped after `guard`: the page is not reused while the guard reads it.
+        _snapshot: Arc<ChunkTable>,
+    },
+    Owned(Box<[u8]>),
 }
 
 impl Chunk {
     /// The blob bytes of this chunk.
     pub fn value(&self) -> &[u8] {
-        &self.guard.value()[..self.len]
+        match &self.data {
+            ChunkData::Page { guard, .. } => &guard.value()[..self.len],
+            ChunkData::Owned(b) => b,
+        }
+    }
+
+    /// Copies the bytes out if the chunk is borrowed, so that it no longer holds a database
+    /// snapshot: call it on a chunk kept while its GET is parked (with
+    /// [`BlobReader::release_snapshot`]), or the snapshot outlives the park.
+    pub fn detach(&mut self) {
+        if matches!(self.data, ChunkData::Page { .. }) {
+            self.data = ChunkData::Owned(self.value().into());
+        }
+    }
+
+    /// Whether the chunk holds a database snapshot (it is borrowed from a page).
+    pub fn holds_snapshot(&self) -> bool {
+        matches!(self.data, ChunkData::Page { .. })
     }
 }
 
 impl std::fmt::Debug for Chunk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chunk").field("len", &self.len).finish()
+        f.debug_struct("Chunk")
+            .field("len", &self.len)
+            .field("borrowed", &self.holds_snapshot())
+            .finish()
     }
 }
 
@@ -131,8 +219,9 @@ impl std::fmt::Debug for BlobReader {
 }
 
 impl BlobReader {
-    /// A reader that checks what it reads when `verify` is set: each chunk's CRC-32C, or the
-    /// SHA-1 of the whole blob in a store without checksums.
+    /// A reader of one snapshot (`chunks`) to the end, that checks what it reads when
+    /// `verify` is set: each chunk's CRC-32C, or the SHA-1 of the whole blob in a store without
+    /// checksums.
     pub(crate) fn new(
         chunks: ChunkTable,
         key: BlobKey,
@@ -141,17 +230,42 @@ impl BlobReader {
         verify: bool,
     ) -> Self {
         let sha = verify && !layout.checksums;
-        Self::with_checks(chunks, key, len, layout, verify, sha)
+        Self::with_checks(chunks, None, key, len, layout, verify, sha)
+    }
+
+    /// Like [`new`](Self::new), but the snapshot is re-opened from `db` as it ages or is
+    /// released; `lease` keeps the blob's chunks meanwhile. `chunks` is the snapshot the blob
+    /// was found in.
+    pub(crate) fn leased(
+        db: Arc<DbHandle>,
+        lease: Lease,
+        chunks: ChunkTable,
+        key: BlobKey,
+        len: u64,
+        layout: Layout,
+        verify: bool,
+    ) -> Self {
+        let sha = verify && !layout.checksums;
+        let live = Live {
+            db,
+            _lease: lease,
+            opened: Instant::now(),
+            last: None,
+            streak: 0,
+            borrow: false,
+        };
+        Self::with_checks(chunks, Some(live), key, len, layout, verify, sha)
     }
 
     /// A reader that checks everything: the chunks' CRC-32C (if the store keeps them) and the
     /// SHA-1 of the whole blob against its key.
     pub(crate) fn new_full(chunks: ChunkTable, key: BlobKey, len: u64, layout: Layout) -> Self {
-        Self::with_checks(chunks, key, len, layout, true, true)
+        Self::with_checks(chunks, None, key, len, layout, true, true)
     }
 
     fn with_checks(
         chunks: ChunkTable,
+        live: Option<Live>,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -160,11 +274,13 @@ impl BlobReader {
     ) -> Self {
         let chunks = Arc::new(chunks);
         let count = layout.chunk_count(len);
+        // The helper keeps the first snapshot: it reads at disk speed and ends.
         let helper = (sha && count >= HELPER_MIN_CHUNKS)
             .then(|| Helper::start(Arc::clone(&chunks), key, len, layout))
             .flatten();
         BlobReader {
-            chunks,
+            chunks: Some(chunks),
+            live,
             key,
             len,
             layout,
@@ -197,8 +313,58 @@ impl BlobReader {
         self.count <= 1
     }
 
-    /// Placeholder until read leases land: the reader keeps its snapshot.
-    pub fn release_snapshot(&mut self) {}
+    /// Drops the reader's snapshot now, so that it holds back no page the writer frees
+    /// meanwhile: call it when the reader will be idle for a while (a GET whose client is not
+    /// reading). The next [`next_chunk`](Self::next_chunk) opens a fresh one, and chunks are
+    /// copies that hold no snapshot until the consumer proves fast again ([`BORROW_AFTER`]).
+    /// Chunks already handed out stay valid; a borrowed one keeps its snapshot until dropped or
+    /// [detached](Chunk::detach). A no-op for a reader that keeps one snapshot to the end (see
+    /// the type's docs).
+    pub fn release_snapshot(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            self.chunks = None;
+            live.streak = 0;
+        }
+    }
+
+    /// Hands out borrowed chunks (no copy) from the first one on, whatever the consumer's pace:
+    /// for a consumer that never blocks while it holds a chunk, and that
+    /// [detaches](Chunk::detach) the chunks it keeps when it parks the GET (calling
+    /// [`release_snapshot`](Self::release_snapshot) too). A readiness-loop server is one; a
+    /// blocking `write` of a borrowed chunk to a client that stopped reading would keep a snapshot
+    /// for as long as it blocks, which is why chunks are copies by default until the consumer
+    /// proves fast.
+    pub fn borrow_chunks(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            live.borrow = true;
+        }
+    }
+
+    /// Whether the reader holds a snapshot now: not after
+    /// [`release_snapshot`](Self::release_snapshot), nor between chunks while it hands out
+    /// copies.
+    pub fn holds_snapshot(&self) -> bool {
+        self.chunks.is_some()
+    }
+
+    /// The snapshot to read from: a fresh one if the current one is released or too old.
+    fn snapshot(&mut self) -> Result<Arc<ChunkTable>, StoreError> {
+        if let Some(live) = self.live.as_mut()
+            && live.last.is_some_and(|t| t.elapsed() >= SNAPSHOT_MAX_AGE)
+        {
+            live.streak = 0;
+        }
+        if let Some(live) = self.live.as_mut()
+            && (self.chunks.is_none() || live.opened.elapsed() >= SNAPSHOT_MAX_AGE)
+        {
+            // The old snapshot goes first: nothing gains from holding two.
+            self.chunks = None;
+            let table = live.db.get()?.begin_read()?.open_table(CHUNKS)?;
+            self.chunks = Some(Arc::new(table));
+            live.opened = Instant::now();
+        }
+        self.chunks.clone().ok_or(StoreError::Closed)
+    }
 
     fn damaged(&self, what: impl Into<String>) -> StoreError {
         StoreError::Damaged {
@@ -219,8 +385,8 @@ impl BlobReader {
             return Ok(None);
         }
         let i = self.next;
-        let guard = self
-            .chunks
+        let snapshot = self.snapshot()?;
+        let guard = snapshot
             .get((self.key.0, i))?
             .ok_or_else(|| self.damaged(format!("chunk {i} is missing")))?;
         let expected = self.layout.data_len(self.len, i);
@@ -254,9 +420,30 @@ impl BlobReader {
                 return Err(self.damaged("content does not match its key"));
             }
         }
+        let data = match self.live.as_mut() {
+            Some(live) => {
+                let borrow = live.borrow || live.streak >= BORROW_AFTER;
+                live.streak += expected;
+                live.last = Some(Instant::now());
+                if borrow {
+                    ChunkData::Page {
+                        guard,
+                        _snapshot: snapshot,
+                    }
+                } else {
+                    // Nothing pins a snapshot while the consumer may dawdle.
+                    self.chunks = None;
+                    ChunkData::Owned(data.into())
+                }
+            }
+            None => ChunkData::Page {
+                guard,
+                _snapshot: snapshot,
+            },
+        };
         Ok(Some(Chunk {
             len: expected as usize,
-            guard,
+            data,
         }))
     }
 }

@@ -9,6 +9,10 @@ pub(crate) const CONTENT: TableDefinition<[u8; 20], [u8; ContentMeta::SIZE]> =
 pub(crate) const NAMED: TableDefinition<([u8; 16], &str), [u8; 20]> = TableDefinition::new("named");
 /// `(BlobKey, chunk index)` → up to one chunk of bytes.
 pub(crate) const CHUNKS: TableDefinition<([u8; 20], u32), &[u8]> = TableDefinition::new("chunks");
+/// `BlobKey` → length of content deleted while a GET was reading it: its content row is gone,
+/// its chunks stay until the last such GET ends (`lease.rs`). Every open frees what it lists.
+pub(crate) const PENDING_FREE: TableDefinition<[u8; 20], u64> =
+    TableDefinition::new("pending_free");
 /// Store-wide settings fixed at creation (the chunk size).
 pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
 

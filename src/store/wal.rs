@@ -28,10 +28,12 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, WriteTransaction};
 
 use super::faults::FaultSwitch;
+use super::lease::Leases;
 use super::logfile::LogFile;
 use super::schema::{Layout, SETTINGS, STORE_ID_SETTING, WAL_LSN_SETTING};
 use super::writer::{Tables, WriteOp};
@@ -268,8 +270,14 @@ impl Wal {
     /// database; then makes what follows the last one applied harmless in place (zeros,
     /// durably), so that it never follows newer records that reuse its sequence numbers, and
     /// keeps the file's length (its reserve). Runs at every open of the database, before
-    /// anything else uses it. Returns the number of records applied.
-    pub(crate) fn replay(&mut self, db: &Database, layout: Layout) -> Result<u64, StoreError> {
+    /// anything else uses it (GETs opened before a reopen keep what they lease: `lease.rs`).
+    /// Returns the number of records applied.
+    pub(crate) fn replay(
+        &mut self,
+        db: &Database,
+        layout: Layout,
+        leases: &Arc<Leases>,
+    ) -> Result<u64, StoreError> {
         let (store_id, mut applied, reserved) = {
             let txn = db.begin_read()?;
             let settings = txn.open_table(SETTINGS)?;
@@ -297,8 +305,10 @@ impl Wal {
         };
         let mut replayed = 0;
         let txn = db.begin_write()?;
+        // Kept until the commit has ended (see lease.rs).
+        let frees = leases.batch();
         let (stop, bad) = {
-            let mut t = Tables::open(&txn, layout)?;
+            let mut t = Tables::open_leased(&txn, layout, Arc::clone(&frees))?;
             loop {
                 let start = at.pos;
                 let (lsn, ops) = match read_record(&mut at, store_id)? {
@@ -669,7 +679,7 @@ fn encode(buf: &mut Vec<u8>, store_id: u64, lsn: u64, batch: &[WriteOp]) -> Resu
                     buf.extend_from_slice(&job.0);
                 }
             },
-            WriteOp::Barrier { .. } => continue,
+            WriteOp::Barrier { .. } | WriteOp::FreePending => continue,
         }
         ops += 1;
     }

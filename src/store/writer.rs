@@ -6,6 +6,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
+use super::lease::FreeBatch;
 use super::schema::*;
 use super::{Shared, Spooled, StoreError, crc, oneshot, space, wal};
 use crate::key::{BlobId, BlobKey, JobId};
@@ -31,6 +32,10 @@ pub(crate) enum WriteOp {
     Barrier {
         reply: oneshot::Sender<()>,
     },
+    /// Content deleted during a GET lost its last lease: free its chunks (`lease.rs`). Sent
+    /// without blocking; each batch frees whatever is released, so a wake-up lost to a full
+    /// queue is made up by the batch that queue is waiting for.
+    FreePending,
 }
 
 /// Bytes of uploads after which a batch stops growing (one batch is one transaction).
@@ -260,9 +265,12 @@ fn commit_direct(shared: &Shared, ops: &[&WriteOp]) -> Result<Vec<Outcome>, Stor
         return Ok(ops.iter().map(|_| Outcome::Count(0)).collect());
     }
     let db: Arc<Database> = shared.db()?;
+    // Kept until the commit has ended: the keys it frees refuse new leases meanwhile.
+    let frees = shared.leases.batch();
     let txn = db.begin_write()?;
-    let outcomes = apply_and_replicate(shared, &txn, ops)?;
+    let outcomes = apply_and_replicate(shared, &txn, ops, &frees, &[])?;
     txn.commit()?;
+    drop(frees);
     // A durable commit holds every earlier non-durable one: the log is done with.
     if let Some(wal) = &shared.wal {
         wal.lock().map_err(|_| StoreError::Closed)?.reset();
@@ -295,6 +303,7 @@ fn reply_all(batch: Vec<WriteOp>, results: Vec<Result<Outcome, StoreError>>) {
             WriteOp::Barrier { reply } => {
                 let _ = reply.send(());
             }
+            WriteOp::FreePending => {}
         }
     }
 }
@@ -302,27 +311,43 @@ fn reply_all(batch: Vec<WriteOp>, results: Vec<Result<Outcome, StoreError>>) {
 /// Applies `batch` in one transaction: recovery first (so a failure there leaves no trace
 /// anywhere), then the local commit.
 fn commit(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
-    let result = commit_inner(shared, batch);
+    // Content whose last lease dropped is freed with this batch (and tried again with the next
+    // if this one fails).
+    let released = shared.leases.take_released();
+    let result = commit_inner(shared, batch, &released);
+    if result.is_err() {
+        shared.leases.requeue(released);
+    }
     if let Err(StoreError::Storage(_)) = &result {
         shared.invalidate();
     }
     result
 }
 
-fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
-    if batch.iter().all(|op| matches!(op, WriteOp::Barrier { .. })) {
+fn commit_inner(
+    shared: &Shared,
+    batch: &[WriteOp],
+    released: &[[u8; 20]],
+) -> Result<Vec<Outcome>, StoreError> {
+    let frees_only = batch
+        .iter()
+        .all(|op| matches!(op, WriteOp::Barrier { .. } | WriteOp::FreePending));
+    if frees_only && released.is_empty() {
         return Ok(batch.iter().map(|_| Outcome::Count(0)).collect());
     }
     let db: Arc<Database> = shared.db()?;
     // Small batches are made durable by the write-ahead log (one sequential fsync) instead of
     // by the database commit (an fsync of every page touched): see wal.rs.
     let log = match &shared.wal {
-        Some(wal) if shared.opts.durable && wal::loggable(batch) => Some(wal),
+        Some(wal) if shared.opts.durable && !frees_only && wal::loggable(batch) => Some(wal),
         _ => None,
     };
     let ops: Vec<&WriteOp> = batch.iter().collect();
+    // Kept until the commit has ended: the keys it frees refuse new leases meanwhile.
+    let frees = shared.leases.batch();
     let mut txn = db.begin_write()?;
-    if !shared.opts.durable || log.is_some() {
+    // Freeing released chunks need not be durable: after a crash the next open frees them.
+    if !shared.opts.durable || log.is_some() || frees_only {
         txn.set_durability(Durability::None)?;
     }
     let start = std::time::Instant::now();
@@ -336,7 +361,7 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
             // the batch visible waits for it: a batch that fails to log is dropped whole, and
             // a reader never sees a write that is not durable.
             wal.begin(batch, lsn)?;
-            let result = apply_and_replicate(shared, &txn, &ops).and_then(|o| {
+            let result = apply_and_replicate(shared, &txn, &ops, &frees, released).and_then(|o| {
                 wal.stamp(&txn, lsn)?;
                 Ok(o)
             });
@@ -371,11 +396,12 @@ fn commit_inner(shared: &Shared, batch: &[WriteOp]) -> Result<Vec<Outcome>, Stor
             }
         }
         None => {
-            outcomes = apply_and_replicate(shared, &txn, &ops)?;
+            outcomes = apply_and_replicate(shared, &txn, &ops, &frees, released)?;
             applied = start.elapsed();
             txn.commit()?;
             // A durable commit holds every earlier non-durable one: the log is done with.
             if shared.opts.durable
+                && !frees_only
                 && let Some(wal) = &shared.wal
             {
                 wal.lock().map_err(|_| StoreError::Closed)?.reset();
@@ -396,8 +422,15 @@ fn apply_and_replicate(
     shared: &Shared,
     txn: &WriteTransaction,
     batch: &[&WriteOp],
+    frees: &Arc<FreeBatch>,
+    released: &[[u8; 20]],
 ) -> Result<Vec<Outcome>, StoreError> {
-    let outcomes = apply(txn, batch, shared.layout, shared.opts.recovery.as_deref())?;
+    let mut t = Tables::open_leased(txn, shared.layout, Arc::clone(frees))?;
+    let outcomes = apply(&mut t, batch, shared.opts.recovery.as_deref())?;
+    for key in released {
+        t.free_pending(BlobKey(*key))?;
+    }
+    drop(t);
     if let Some(rec) = &shared.opts.recovery {
         replicate(rec.as_ref(), batch)?;
     }
@@ -464,7 +497,7 @@ fn replicate(
                 }
                 .map_err(rec_err)?;
             }
-            WriteOp::DeleteLocal { .. } | WriteOp::Barrier { .. } => {}
+            WriteOp::DeleteLocal { .. } | WriteOp::Barrier { .. } | WriteOp::FreePending => {}
         }
     }
     if !puts.is_empty() {
@@ -478,28 +511,44 @@ pub(crate) struct Tables<'t> {
     pub content: Table<'t, [u8; 20], [u8; ContentMeta::SIZE]>,
     pub named: Table<'t, ([u8; 16], &'static str), [u8; 20]>,
     pub chunks: Table<'t, ([u8; 20], u32), &'static [u8]>,
+    pub pending: Table<'t, [u8; 20], u64>,
     pub layout: Layout,
+    /// The store's leases, when GETs may be reading: leased content is not freed but left
+    /// pending. `None` where no reader exists (a first open, the recovery store).
+    frees: Option<Arc<FreeBatch>>,
 }
 
 impl<'t> Tables<'t> {
-    /// Opens the store's tables in `txn`.
+    /// Opens the store's tables in `txn`, freeing content as soon as nothing references it.
     pub fn open(txn: &'t WriteTransaction, layout: Layout) -> Result<Tables<'t>, StoreError> {
         Ok(Tables {
             content: txn.open_table(CONTENT)?,
             named: txn.open_table(NAMED)?,
             chunks: txn.open_table(CHUNKS)?,
+            pending: txn.open_table(PENDING_FREE)?,
             layout,
+            frees: None,
         })
+    }
+
+    /// Like [`open`](Self::open), but content leased by a GET stays until its lease ends.
+    /// `frees` must be kept until the transaction's commit has ended.
+    pub fn open_leased(
+        txn: &'t WriteTransaction,
+        layout: Layout,
+        frees: Arc<FreeBatch>,
+    ) -> Result<Tables<'t>, StoreError> {
+        let mut t = Self::open(txn, layout)?;
+        t.frees = Some(frees);
+        Ok(t)
     }
 }
 
 fn apply(
-    txn: &WriteTransaction,
+    t: &mut Tables<'_>,
     batch: &[&WriteOp],
-    layout: Layout,
     recovery: Option<&dyn RecoveryStore>,
 ) -> Result<Vec<Outcome>, StoreError> {
-    let mut t = Tables::open(txn, layout)?;
     let mut out = Vec::with_capacity(batch.len());
     for &op in batch {
         out.push(match op {
@@ -518,7 +567,7 @@ fn apply(
             WriteOp::Delete { target, .. } | WriteOp::DeleteLocal { target, .. } => {
                 Outcome::Count(t.delete(target)?)
             }
-            WriteOp::Barrier { .. } => Outcome::Count(0),
+            WriteOp::Barrier { .. } | WriteOp::FreePending => Outcome::Count(0),
         });
     }
     Ok(out)
@@ -594,7 +643,19 @@ impl Tables<'_> {
             Some(m) => m,
             None => {
                 let layout = self.layout;
-                for i in 0..layout.chunk_count(len) {
+                // Content deleted during a GET and stored again: its chunks are still here.
+                let kept = self.pending.remove(key.0)?.map(|g| g.value());
+                if let Some(old) = kept.filter(|&old| old != len) {
+                    // Not the same bytes after all (only damage could do that): replace them.
+                    for i in 0..layout.chunk_count(old) {
+                        self.chunks.remove((key.0, i))?;
+                    }
+                }
+                let count = match kept == Some(len) {
+                    true => 0,
+                    false => layout.chunk_count(len),
+                };
+                for i in 0..count {
                     let offset = i as u64 * layout.chunk_size;
                     let n = layout.data_len(len, i) as usize;
                     let mut slot = self
@@ -660,11 +721,49 @@ impl Tables<'_> {
             self.content.insert(key.0, meta.encode())?;
         } else {
             self.content.remove(key.0)?;
-            for i in 0..self.layout.chunk_count(meta.len) {
-                self.chunks.remove((key.0, i))?;
-            }
+            self.free_chunks(key, meta.len)?;
         }
         Ok(true)
+    }
+
+    /// Frees the chunks of content whose row is gone, or, while a GET leases them, records
+    /// them in `PENDING_FREE` (in this transaction, so a crash cannot leak them).
+    fn free_chunks(&mut self, key: BlobKey, len: u64) -> Result<(), StoreError> {
+        if let Some(frees) = &self.frees
+            && !frees.free_or_defer(key.0)
+        {
+            self.pending.insert(key.0, len)?;
+            return Ok(());
+        }
+        for i in 0..self.layout.chunk_count(len) {
+            self.chunks.remove((key.0, i))?;
+        }
+        Ok(())
+    }
+
+    /// Frees content left pending by a GET, unless it is leased again or was stored again
+    /// (then a re-PUT took its row already). Returns whether it was pending.
+    pub fn free_pending(&mut self, key: BlobKey) -> Result<bool, StoreError> {
+        let Some(len) = self.pending.remove(key.0)?.map(|g| g.value()) else {
+            return Ok(false);
+        };
+        if self.content.get(key.0)?.is_none() {
+            self.free_chunks(key, len)?;
+        }
+        Ok(true)
+    }
+
+    /// Frees everything `PENDING_FREE` lists that no GET leases (at every open of the
+    /// database). Returns how many it freed or re-checked.
+    pub fn free_all_pending(&mut self) -> Result<u64, StoreError> {
+        let mut keys = Vec::new();
+        for row in self.pending.iter()? {
+            keys.push(BlobKey(row?.0.value()));
+        }
+        for key in &keys {
+            self.free_pending(*key)?;
+        }
+        Ok(keys.len() as u64)
     }
 
     pub fn delete(&mut self, target: &DeleteTarget) -> Result<u64, StoreError> {
