@@ -5,15 +5,19 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blobvault::protocol;
 use blobvault::{BlobClient, BlobId, BlobKey};
 
-/// `blobvault serve` with its log in a file, over a store in a temp dir.
+mod common;
+use common::ServeProcess;
+
+/// `blobvault serve` with its log in a file, over a store in a temp dir. Field order: the
+/// server stops before the dir goes.
 struct Server {
-    child: Child,
+    proc: ServeProcess,
     addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -21,43 +25,22 @@ struct Server {
 
 impl Server {
     fn spawn(args: &[&str]) -> Server {
-        use std::io::BufRead;
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("server.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_blobvault"))
-            .arg("serve")
-            .arg("--dir")
-            .arg(dir.path().join("store"))
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_SERVER_LOG").unwrap_or("info".into()),
-            )
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn blobvault serve");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
+        let store = dir.path().join("store");
+        let mut all = vec!["--dir", store.to_str().expect("utf-8 temp path")];
+        all.extend_from_slice(args);
+        let proc = ServeProcess::spawn_logging(&all, &log);
         Server {
-            child,
-            addr,
+            addr: proc.addr,
+            proc,
             log,
             _dir: dir,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.child.id()
     }
 
     fn count(&self, what: &str) -> usize {
@@ -92,13 +75,6 @@ impl Server {
 
     fn client(&self) -> BlobClient {
         BlobClient::connect_timeout(&self.addr, Duration::from_secs(30)).expect("connect")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
