@@ -25,12 +25,17 @@ struct Server {
 
 impl Server {
     fn spawn(args: &[&str]) -> Server {
+        Self::spawn_env(args, &[])
+    }
+
+    /// Like [`spawn`](Self::spawn), with `env` set for the server process.
+    fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("server.log");
         let store = dir.path().join("store");
         let mut all = vec!["--dir", store.to_str().expect("utf-8 temp path")];
         all.extend_from_slice(args);
-        let proc = ServeProcess::spawn_logging(&all, &log);
+        let proc = ServeProcess::spawn_logging_env(&all, &log, env);
         Server {
             addr: proc.addr,
             proc,
@@ -58,8 +63,10 @@ impl Server {
     }
 
     fn log_text(&self) -> String {
-        // The log may hold bytes of peers' input in error messages.
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        // The log may hold bytes of peers' input in error messages, and colour codes.
+        let text = String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default())
+            .into_owned();
+        strip_ansi(&text)
     }
 
     /// Waits (bounded) until the log has a line containing every one of `parts`.
@@ -76,6 +83,24 @@ impl Server {
     fn client(&self) -> BlobClient {
         BlobClient::connect_timeout(&self.addr, Duration::from_secs(30)).expect("connect")
     }
+}
+
+/// `text` without ANSI colour sequences (ESC [ … m).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Polls `f` every 20 ms until it yields something or `within` passes.
@@ -355,4 +380,38 @@ fn a_pipelining_client_does_not_hold_the_worker_for_all_its_requests() {
         b_done < a_done,
         "the other client waited for all {N} pipelined requests"
     );
+}
+
+/// Peers that speak the wrong protocol are named in the log as such; a GET of a missing blob
+/// is routine (no warning); with debug logging each request gets one line.
+#[test]
+fn log_lines_say_what_a_peer_did() {
+    let srv = Server::spawn_env(&[], &[("RUST_LOG", "debug")]);
+    let send = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(srv.addr).expect("connect");
+        s.write_all(bytes).expect("send");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        (s.local_addr().expect("addr").to_string(), reply)
+    };
+    let (http, reply) = send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(reply.is_empty(), "{reply:?}");
+    srv.wait_for_log(&["not HTTP", &http], Duration::from_secs(10));
+    let (tls, _) = send(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0]);
+    srv.wait_for_log(&["TLS handshake", &tls], Duration::from_secs(10));
+
+    let mut c = srv.client();
+    let missing = BlobKey::of(b"never stored");
+    assert!(c.get_bytes(&BlobId::Content(missing)).is_err());
+    let mut c = srv.client();
+    let key = c.put(b"logged").expect("put");
+    drop(c);
+    srv.wait_for_log(
+        &["request ok", "PUT", &key.to_string(), "size=6"],
+        Duration::from_secs(10),
+    );
+    let missing_line = srv.wait_for_log(&["Cannot find required BLOB"], Duration::from_secs(10));
+    assert!(missing_line.contains("DEBUG"), "{missing_line}");
 }

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Deadlines;
 use crate::key::BlobId;
-use crate::protocol::{self, ProtocolError, PutTarget, Request, RequestDecoder, RequestEvent};
+use crate::protocol::{
+    self, DeleteTarget, ProtocolError, PutTarget, Request, RequestDecoder, RequestEvent,
+};
 use crate::store::{BlobReader, BlobStore, Chunk, StoreError, Upload};
 
 /// Replies gathered before they must be written out (also the most input handled between two
@@ -108,6 +110,8 @@ pub(super) struct Session {
     timing: Timing,
     /// Requests handled in this turn (see [`REQUESTS_PER_TURN`]).
     handled: u32,
+    /// The request under way, for its log line.
+    request: Option<RequestLog>,
     /// The kernel's send queue at the last sweep (see [`peer_took`](Self::peer_took)).
     queued: Option<u64>,
 }
@@ -123,6 +127,7 @@ impl Session {
             stash: Vec::new(),
             handled: 0,
             queued: None,
+            request: None,
             timing: Timing {
                 started: None,
                 header_done: false,
@@ -213,11 +218,26 @@ impl Session {
             let (used, event) = match self.dec.decode(&input[pos..]) {
                 Ok(r) => r,
                 Err(ProtocolError::UnknownOperation(op)) => {
-                    tracing::warn!(
-                        peer,
-                        op,
-                        "unknown operation; closing connection without reply"
-                    );
+                    let rest = &input[pos..];
+                    if looks_like_http(rest) {
+                        tracing::warn!(
+                            peer,
+                            "an HTTP request on the BLOB port: this port speaks Flink's BLOB \
+                             protocol, not HTTP; closing the connection"
+                        );
+                    } else if rest.starts_with(&[0x16, 0x03]) {
+                        tracing::warn!(
+                            peer,
+                            "a TLS handshake on the BLOB port, which speaks plaintext; closing \
+                             the connection"
+                        );
+                    } else {
+                        tracing::warn!(
+                            peer,
+                            op,
+                            "unknown operation; closing connection without reply"
+                        );
+                    }
                     return Err(Close::Silent);
                 }
                 Err(e) => return Err(Close::Error(e.to_string())),
@@ -249,16 +269,37 @@ impl Session {
         self.upload = None;
         self.blob = None;
         self.stash = Vec::new();
+        let req = self.request.take();
+        let (op, target) = req
+            .as_ref()
+            .map_or(("-", ""), |r| (r.op, r.target.as_str()));
         match close {
             Close::Error(msg) => {
-                tracing::warn!(peer, error = %msg, "request failed; sending error reply");
+                tracing::warn!(peer, op, target, error = %msg, "request failed; sending error reply");
                 protocol::encode_error(msg, &mut self.out);
             }
             Close::Expected(msg) => {
-                tracing::debug!(peer, error = %msg, "request failed; sending error reply");
+                tracing::debug!(peer, op, target, error = %msg, "request failed; sending error reply");
                 protocol::encode_error(msg, &mut self.out);
             }
+            Close::Quiet | Close::Silent if req.is_some() => {
+                tracing::debug!(peer, op, target, "request cut short");
+            }
             Close::Quiet | Close::Silent => {}
+        }
+    }
+
+    /// The debug line of a request that succeeded: op, what, size, duration.
+    fn done(&mut self, peer: &str, size: u64) {
+        if let Some(r) = self.request.take() {
+            tracing::debug!(
+                peer,
+                op = r.op,
+                target = %r.target,
+                size,
+                micros = r.started.elapsed().as_micros() as u64,
+                "request ok"
+            );
         }
     }
 
@@ -277,15 +318,18 @@ impl Session {
         match ev {
             RequestEvent::Request(req) => {
                 self.timing.header_done = true;
+                let started = self.timing.started.unwrap_or_else(Instant::now);
+                self.request = Some(RequestLog::of(&req, started));
                 match req {
                     Request::Put(target) => self.upload = Some((store.upload(), target)),
                     Request::Get(id) => self.get(store, peer, &id)?,
                     Request::Delete(target) => {
-                        store.delete(target).map_err(|e| {
+                        let n = store.delete(target).map_err(|e| {
                             tracing::error!(peer, error = %e, "DELETE failed");
                             Close::Error(format!("DELETE failed: {e}"))
                         })?;
                         protocol::encode_ok(&mut self.out);
+                        self.done(peer, n);
                     }
                 }
             }
@@ -302,6 +346,7 @@ impl Session {
                     return Err(Close::Error("body end without a PUT".into()));
                 };
                 let spooled = up.finish().map_err(|e| Close::Error(e.to_string()))?;
+                let size = spooled.len();
                 let named = matches!(target, PutTarget::Named(..));
                 let key = store.commit(spooled, target).map_err(|e| {
                     // A full disk is logged once per episode by the store, not per request.
@@ -316,6 +361,10 @@ impl Session {
                 } else {
                     protocol::encode_put_key(&key, &mut self.out);
                 }
+                if let Some(r) = self.request.as_mut() {
+                    r.target = format!("{} -> {key}", r.target);
+                }
+                self.done(peer, size);
             }
         }
         Ok(())
@@ -327,7 +376,10 @@ impl Session {
             // A local miss: read-repair from the recovery store, if there is one.
             Ok(None) => match crate::recovery::read_repair(store, id) {
                 Ok(Some(r)) => r,
-                Ok(None) => return Err(Close::Error(format!("Cannot find required BLOB {id}"))),
+                // Routine for a cache probing servers: the reply says it, the log only at debug.
+                Ok(None) => {
+                    return Err(Close::Expected(format!("Cannot find required BLOB {id}")));
+                }
                 Err(e) => {
                     tracing::error!(peer, blob = %id, error = %e, "recovery read failed");
                     return Err(Close::Error(format!("Cannot find required BLOB {id}: {e}")));
@@ -355,6 +407,7 @@ impl Session {
             if let Some(c) = first {
                 self.out.extend_from_slice(c.value());
             }
+            self.done(peer, r.len());
             return Ok(());
         }
         self.blob = Some(Outgoing {
@@ -401,7 +454,11 @@ impl Session {
                 match &self.blob {
                     Some(b) if b.failed => return Err(Close::Quiet),
                     Some(b) if !b.done => continue,
-                    _ => {}
+                    Some(b) => {
+                        let len = b.reader.len();
+                        self.done(peer, len);
+                    }
+                    None => {}
                 }
                 self.blob = None;
                 self.out.clear();
@@ -555,6 +612,46 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// What a request's debug line says of it.
+struct RequestLog {
+    op: &'static str,
+    target: String,
+    started: Instant,
+}
+
+impl RequestLog {
+    fn of(req: &Request, started: Instant) -> RequestLog {
+        let (op, target) = match req {
+            Request::Put(PutTarget::Content) => ("PUT", "content".to_string()),
+            Request::Put(PutTarget::Named(job, name)) => ("PUT", format!("{job}/{name}")),
+            Request::Get(id) => ("GET", id.to_string()),
+            Request::Delete(DeleteTarget::Content(key)) => ("DELETE", key.to_string()),
+            Request::Delete(DeleteTarget::Named(job, name)) => ("DELETE", format!("{job}/{name}")),
+            Request::Delete(DeleteTarget::Job(job)) => ("DELETE", format!("job {job}")),
+        };
+        RequestLog {
+            op,
+            target,
+            started,
+        }
+    }
+}
+
+/// An HTTP request line's start: a method and a space.
+fn looks_like_http(input: &[u8]) -> bool {
+    const METHODS: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+    ];
+    METHODS.iter().any(|m| input.starts_with(m))
 }
 
 fn damaged(e: StoreError, peer: &str) -> StoreError {

@@ -435,7 +435,7 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `blobvault serve ARGS…` and waits for its `listening on` line.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
-        Self::spawn_with(args, std::process::Stdio::null())
+        Self::spawn_with(args, std::process::Stdio::null(), &[])
     }
 
     /// Like [`spawn`](Self::spawn), with the server's log (stderr) appended to `log`.
@@ -443,22 +443,33 @@ impl ServeProcess {
         args: &[S],
         log: &std::path::Path,
     ) -> ServeProcess {
+        Self::spawn_logging_env(args, log, &[])
+    }
+
+    /// Like [`spawn_logging`](Self::spawn_logging), with `env` set for the server (`RUST_LOG`).
+    pub fn spawn_logging_env<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("open the server's log file");
-        Self::spawn_with(args, file.into())
+        Self::spawn_with(args, file.into(), env)
     }
 
     fn spawn_with<S: AsRef<std::ffi::OsStr>>(
         args: &[S],
         stderr: std::process::Stdio,
+        env: &[(&str, &str)],
     ) -> ServeProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
             .arg("serve")
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)
             .spawn()
