@@ -64,8 +64,8 @@ impl Server {
 
     fn log_text(&self) -> String {
         // The log may hold bytes of peers' input in error messages, and colour codes.
-        let text = String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default())
-            .into_owned();
+        let text =
+            String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned();
         strip_ansi(&text)
     }
 
@@ -414,4 +414,78 @@ fn log_lines_say_what_a_peer_did() {
     );
     let missing_line = srv.wait_for_log(&["Cannot find required BLOB"], Duration::from_secs(10));
     assert!(missing_line.contains("DEBUG"), "{missing_line}");
+}
+
+/// Out of descriptors, new peers are refused at once instead of hanging in the listen queue;
+/// once descriptors free up the next peer is served; and SIGINT still stops the server.
+#[test]
+fn out_of_descriptors_refuses_then_recovers_and_still_stops() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    // A hard limit of 128 descriptors for the server alone (set by the shell it runs in).
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -Sn 128 && ulimit -Hn 128 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_blobvault"))
+        .args(["serve", "-D", "blob.fetch.num-concurrent=2", "--dir"])
+        .arg(dir.path().join("store"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .parse()
+        .expect("address");
+    // More connections than the server has descriptors: the last ones are closed at once.
+    let mut held: Vec<TcpStream> = (0..160)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let refused = wait_until(Duration::from_secs(20), || {
+        let mut s = held.last_mut()?.try_clone().ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+        match s.read(&mut [0u8; 1]) {
+            Ok(0) => Some(true),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(true),
+            _ => None,
+        }
+    });
+    assert_eq!(
+        refused,
+        Some(true),
+        "the connection past the limit was not refused"
+    );
+    // Descriptors free up (the server has closed what the peers closed): the very next peer
+    // is served.
+    held.clear();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX)
+    };
+    wait_until(Duration::from_secs(20), || (fds() < 64).then_some(()))
+        .unwrap_or_else(|| panic!("the server still holds {} descriptors", fds()));
+    let mut c = BlobClient::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    c.put(b"after the flood")
+        .expect("the first peer after the flood is served");
+    drop(c);
+    let text = strip_ansi(&std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(text.contains("descriptor"), "{text}");
+    // SIGINT stops it.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let exited = wait_until(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server did not stop on SIGINT after running out of descriptors");
+    }
 }

@@ -10,7 +10,7 @@ mod reactor;
 mod session;
 
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -51,6 +51,7 @@ pub struct BlobServer {
     addr: SocketAddr,
     handles: Arc<Vec<Handle>>,
     acceptor: Option<JoinHandle<()>>,
+    acceptor_waker: mio::Waker,
     workers: Vec<JoinHandle<()>>,
     drop_next: Arc<AtomicUsize>,
 }
@@ -100,16 +101,16 @@ impl BlobServer {
         }
         let handles = Arc::new(handles);
         let drop_next = Arc::new(AtomicUsize::new(0));
+        let (acceptor, acceptor_waker) = Acceptor::new(listener, config.max_connections)?;
         let acceptor = {
             let (shared, handles, drop_next) = (
                 Arc::clone(&shared),
                 Arc::clone(&handles),
                 Arc::clone(&drop_next),
             );
-            let max = config.max_connections.max(1);
             std::thread::Builder::new()
                 .name("blobvault-acceptor".into())
-                .spawn(move || accept_loop(listener, &shared, &handles, &drop_next, max))?
+                .spawn(move || acceptor.run(&shared, &handles, &drop_next))?
         };
         check_fd_limit(descriptors_needed(config.max_connections, workers));
         tracing::info!(%addr, workers, backlog, max_connections = config.max_connections,
@@ -119,6 +120,7 @@ impl BlobServer {
             addr,
             handles,
             acceptor: Some(acceptor),
+            acceptor_waker,
             workers: threads,
             drop_next,
         })
@@ -174,12 +176,7 @@ impl BlobServer {
         if self.shared.shutdown.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Wake the acceptor out of accept().
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let _ = self.acceptor_waker.wake();
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
@@ -199,70 +196,148 @@ impl Drop for BlobServer {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    shared: &Shared,
-    handles: &[Handle],
-    drop_next: &AtomicUsize,
+/// The acceptor's own readiness loop: the listener, and a waker for shutdown.
+struct Acceptor {
+    poll: mio::Poll,
+    listener: mio::net::TcpListener,
     max_connections: usize,
-) {
-    let mut last_refusal_log: Option<Instant> = None;
-    let mut refused = 0u64;
-    let mut last_failure_log: Option<Instant> = None;
-    let mut failed = 0u64;
-    // A descriptor kept spare: out of descriptors, it is given up for a moment to accept the
-    // waiting connection and close it, so that the peer hears "no" instead of hanging in the
-    // listen queue.
-    let mut spare = std::fs::File::open("/dev/null").ok();
-    for conn in listener.incoming() {
-        if shared.shutdown.load(Ordering::SeqCst) {
-            break;
+    refused: Throttled,
+    failed: Throttled,
+    /// A descriptor kept spare: out of descriptors, it is given up for a moment to accept a
+    /// waiting connection, so that the peer is served if room was made meanwhile, or hears "no"
+    /// at once instead of hanging in the listen queue.
+    spare: Option<std::fs::File>,
+}
+
+const LISTENER: mio::Token = mio::Token(0);
+const ACCEPTOR_WAKE: mio::Token = mio::Token(1);
+
+/// A warning logged at most every [`REFUSAL_LOG_EVERY`], with a count.
+#[derive(Default)]
+struct Throttled {
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl Throttled {
+    /// Counts one; true when it is time to log.
+    fn tick(&mut self) -> bool {
+        self.count += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+            self.last = Some(Instant::now());
+            return true;
         }
-        let stream = match conn {
-            Ok(s) => s,
-            Err(e) => {
-                failed += 1;
-                if last_failure_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-                    tracing::warn!(error = %e, failed, "accept failed; connections are refused \
-                        until descriptors free up: raise the descriptor limit (ulimit -n) or \
-                        lower --max-connections");
-                    last_failure_log = Some(Instant::now());
+        false
+    }
+}
+
+impl Acceptor {
+    fn new(listener: TcpListener, max_connections: usize) -> io::Result<(Acceptor, mio::Waker)> {
+        listener.set_nonblocking(true)?;
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        let poll = mio::Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, mio::Interest::READABLE)?;
+        let waker = mio::Waker::new(poll.registry(), ACCEPTOR_WAKE)?;
+        Ok((
+            Acceptor {
+                poll,
+                listener,
+                max_connections: max_connections.max(1),
+                refused: Throttled::default(),
+                failed: Throttled::default(),
+                spare: std::fs::File::open("/dev/null").ok(),
+            },
+            waker,
+        ))
+    }
+
+    fn run(mut self, shared: &Shared, handles: &[Handle], drop_next: &AtomicUsize) {
+        let mut events = mio::Events::with_capacity(16);
+        while !shared.shutdown.load(Ordering::SeqCst) {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
-                // EMFILE, ENFILE (the same numbers on Linux, macOS and the BSDs).
-                if matches!(e.raw_os_error(), Some(23 | 24)) && spare.take().is_some() {
-                    if let Ok((s, _)) = listener.accept() {
-                        let _ = s.shutdown(Shutdown::Both);
-                    }
-                    spare = std::fs::File::open("/dev/null").ok();
-                } else {
-                    // Wait for connections to end rather than spin on a failing accept.
-                    std::thread::sleep(ACCEPT_BACKOFF);
-                }
-                continue;
+                tracing::error!(error = %e, "acceptor's readiness wait failed; no new connections");
+                return;
             }
-        };
+            // Edge-triggered: accept until the queue is empty.
+            while !shared.shutdown.load(Ordering::SeqCst) {
+                match self.listener.accept() {
+                    Ok((stream, peer)) => self.place(stream, peer, shared, handles, drop_next),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if self.failed.tick() {
+                            tracing::warn!(error = %e, failed = self.failed.count,
+                                "accept failed; raise the descriptor limit (ulimit -n) or lower \
+                                 --max-connections");
+                        }
+                        // EMFILE, ENFILE (the same numbers on Linux, macOS and the BSDs).
+                        let out_of_fds = matches!(e.raw_os_error(), Some(23 | 24));
+                        if !(out_of_fds && self.use_spare(shared, handles, drop_next)) {
+                            // Wait for descriptors to free up rather than spin; connections
+                            // stay queued, and the loop comes back to them (no new edge would).
+                            std::thread::sleep(ACCEPT_BACKOFF);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: gives up the spare to accept one waiting connection; serves it if
+    /// the spare can be had back (room was made), else closes it. False if nothing was waiting
+    /// or there is no spare.
+    fn use_spare(&mut self, shared: &Shared, handles: &[Handle], drop_next: &AtomicUsize) -> bool {
+        if self.spare.take().is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+            return false;
+        }
+        let accepted = self.listener.accept();
+        self.spare = std::fs::File::open("/dev/null").ok();
+        match accepted {
+            Ok((stream, peer)) if self.spare.is_some() => {
+                self.place(stream, peer, shared, handles, drop_next);
+                true
+            }
+            Ok((stream, peer)) => {
+                if self.refused.tick() {
+                    tracing::warn!(%peer, refused = self.refused.count,
+                        "out of descriptors; connection refused");
+                }
+                drop(stream);
+                self.spare = std::fs::File::open("/dev/null").ok();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Hands a new connection to the least-loaded worker (or refuses it).
+    fn place(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: SocketAddr,
+        shared: &Shared,
+        handles: &[Handle],
+        drop_next: &AtomicUsize,
+    ) {
         if drop_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
             let _ = stream.shutdown(Shutdown::Both);
-            continue;
+            return;
         }
-        if shared.open.load(Ordering::SeqCst) >= max_connections {
-            refused += 1;
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
-                tracing::warn!(peer = ?stream.peer_addr().ok(), max_connections, refused,
+        if shared.open.load(Ordering::SeqCst) >= self.max_connections {
+            if self.refused.tick() {
+                tracing::warn!(%peer, max_connections = self.max_connections,
+                    refused = self.refused.count,
                     "too many connections; refusing (raise --max-connections if the host allows)");
-                last_refusal_log = Some(Instant::now());
             }
-            continue;
-        }
-        let peer = match stream.peer_addr() {
-            Ok(p) => p,
-            Err(_) => continue, // already gone
-        };
-        if stream.set_nonblocking(true).is_err() {
-            continue;
+            return;
         }
         let _ = stream.set_nodelay(true);
         let Some(h) = handles
@@ -273,7 +348,7 @@ fn accept_loop(
         };
         h.load.fetch_add(1, Ordering::Relaxed);
         shared.open.fetch_add(1, Ordering::SeqCst);
-        if !h.send(Command::Conn(mio::net::TcpStream::from_std(stream), peer)) {
+        if !h.send(Command::Conn(stream, peer)) {
             // The worker is gone (shutting down).
             h.load.fetch_sub(1, Ordering::Relaxed);
             shared.open.fetch_sub(1, Ordering::SeqCst);

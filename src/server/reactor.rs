@@ -391,8 +391,12 @@ impl Worker {
                     if let Some(reply) = c.session.cut_off_reply(&msg) {
                         // One try: a peer this slow may not take it.
                         let _ = io::Write::write(&mut c.stream, reply);
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                    } else {
+                        // A reply half-sent: reset, so the kernel drops the queue at once
+                        // instead of trickling it to the peer after the cut.
+                        let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
                     }
-                    let _ = c.stream.shutdown(Shutdown::Both);
                     self.close(slot);
                 }
             }
