@@ -11,10 +11,19 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Why a key, job id or name could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// A hex id of the wrong length.
     #[error("expected {expected} hex characters, got {got}")]
-    HexLength { expected: usize, got: usize },
+    HexLength {
+        /// Hex digits the id takes: 40 for a [`BlobKey`], 32 for a [`JobId`].
+        expected: usize,
+        /// Length of the input, in bytes.
+        got: usize,
+    },
+    /// The first character that is not a hex digit (`0-9`, `a-f`, `A-F`). A non-ASCII byte shows
+    /// as the `char` of the same value (U+0080 to U+00FF), not the character it belongs to.
     #[error("invalid hex character {0:?}")]
     HexDigit(char),
+    /// A name longer than [`MAX_NAME_LEN`]; holds its length in UTF-8 bytes.
     #[error("blob name is {0} bytes of UTF-8; at most 64 are allowed")]
     NameTooLong(usize),
 }
@@ -24,6 +33,7 @@ pub enum KeyError {
 pub struct BlobKey(pub [u8; 20]);
 
 impl BlobKey {
+    /// Length of a key in bytes (40 hex digits).
     pub const LEN: usize = 20;
 
     /// The key of `data`.
@@ -31,6 +41,7 @@ impl BlobKey {
         BlobKey(Sha1::digest(data).into())
     }
 
+    /// The 20 digest bytes, as sent on the wire.
     pub fn as_bytes(&self) -> &[u8; 20] {
         &self.0
     }
@@ -47,12 +58,15 @@ impl fmt::Debug for KeyHasher {
 }
 
 impl KeyHasher {
+    /// A hasher that has seen no bytes yet.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Adds `data` to the bytes hashed so far.
     pub fn update(&mut self, data: &[u8]) {
         self.0.update(data);
     }
+    /// The key of all bytes given to [`update`](Self::update), in order.
     pub fn finish(self) -> BlobKey {
         BlobKey(self.0.finalize().into())
     }
@@ -66,6 +80,7 @@ pub struct HashingReader<R> {
 }
 
 impl<R: std::io::Read> HashingReader<R> {
+    /// Wraps `inner`; the hash starts empty.
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
@@ -92,8 +107,10 @@ impl<R: std::io::Read> std::io::Read for HashingReader<R> {
 pub struct JobId(pub [u8; 16]);
 
 impl JobId {
+    /// Length of an id in bytes (32 hex digits).
     pub const LEN: usize = 16;
 
+    /// The id with Flink's `lowerPart` and `upperPart`.
     pub fn from_parts(lower: i64, upper: i64) -> JobId {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&lower.to_be_bytes());
@@ -101,10 +118,12 @@ impl JobId {
         JobId(b)
     }
 
+    /// Flink's `lowerPart`: the first 8 bytes, big-endian.
     pub fn lower_part(&self) -> i64 {
         i64::from_be_bytes(self.0[..8].try_into().unwrap_or_default())
     }
 
+    /// Flink's `upperPart`: the last 8 bytes, big-endian.
     pub fn upper_part(&self) -> i64 {
         i64::from_be_bytes(self.0[8..].try_into().unwrap_or_default())
     }
@@ -114,6 +133,7 @@ impl JobId {
         JobId::from_parts(random_u64() as i64, random_u64() as i64)
     }
 
+    /// The 16 bytes as sent on the wire: `lowerPart` then `upperPart`.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
@@ -140,7 +160,9 @@ pub fn check_name(name: &str) -> Result<(), KeyError> {
 /// What a GET addresses: content by key, or a named blob of a job.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BlobId {
+    /// Content-addressed: the blob whose SHA-1 is the key.
     Content(BlobKey),
+    /// The blob a job stored under a name (at most [`MAX_NAME_LEN`] bytes of UTF-8).
     Named(JobId, String),
 }
 

@@ -1,7 +1,7 @@
 //! The error payload of `RETURN_ERROR` replies: a Java-serialized `Throwable` (PROTOCOL.md §5).
 //!
 //! We send the minimal `java.io.IOException` of §5.3, which a Java client deserializes and reports
-//! as "Server side error: <message>". We read back the `detailMessage` of any Throwable the Java
+//! as `Server side error: <message>`. We read back the `detailMessage` of any Throwable the Java
 //! server sends (with its stack trace and cause), and tolerate any other payload.
 
 /// §5.3: stream header and class descriptors of IOException → Exception → Throwable declaring
