@@ -3,8 +3,11 @@ use std::fmt;
 /// The three operations, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// [`PUT_OPERATION`](super::PUT_OPERATION).
     Put,
+    /// [`GET_OPERATION`](super::GET_OPERATION).
     Get,
+    /// [`DELETE_OPERATION`](super::DELETE_OPERATION).
     Delete,
 }
 
@@ -24,29 +27,50 @@ pub enum ProtocolError {
     /// The server closes the connection without a reply (§3).
     #[error("Unknown operation {0}")]
     UnknownOperation(u8),
+    /// An addressing byte the operation does not take: PUT and GET take content or name, DELETE
+    /// also job scope (§4.8). The message differs for DELETE, as the original server's did.
     #[error("{}", unknown_addressing(*.op, *.byte))]
-    UnknownAddressing { op: Op, byte: u8 },
+    UnknownAddressing {
+        /// The request's operation.
+        op: Op,
+        /// The addressing byte received.
+        byte: u8,
+    },
+    /// A name length above [`MAX_NAME_LEN`](crate::key::MAX_NAME_LEN) bytes; holds the length
+    /// received.
     #[error("Unexpected key length {0}")]
     NameTooLong(i32),
+    /// A negative name length; holds it.
     #[error("Negative key length {0}")]
     NegativeNameLength(i32),
+    /// Name bytes that are not valid UTF-8 (the original server replaced them with U+FFFD).
     #[error("Key name is not valid UTF-8")]
     InvalidName,
+    /// A PUT chunk length above [`MAX_CHUNK`](super::MAX_CHUNK); holds the length received.
     #[error("Unexpected number of incoming bytes: {0}")]
     ChunkTooLarge(i32),
+    /// A negative PUT chunk length other than the terminator (−1); holds it.
     #[error("Negative chunk length {0}: only -1 ends a body")]
     NegativeChunkLength(i32),
+    /// A PUT body longer than [`MAX_BLOB_LEN`](super::MAX_BLOB_LEN), which no GET reply could
+    /// carry. Raised at the chunk length that crosses it, before its bytes are read.
     #[error("BLOB size exceeds the maximum size (2 GB).")]
     BlobTooLarge,
     /// The stream ended inside a request or response.
     #[error("Premature end of {op} {side} ({field} incomplete)")]
     Truncated {
+        /// The operation that was cut short.
         op: Op,
+        /// `"request"` or `"response"`.
         side: &'static str,
+        /// The field being read when the stream ended, e.g. `"BLOB key"` or `"length"`.
         field: &'static str,
     },
+    /// A response status byte other than [`RETURN_OKAY`](super::RETURN_OKAY) and
+    /// [`RETURN_ERROR`](super::RETURN_ERROR); holds it.
     #[error("Unexpected response status byte {0}")]
     UnknownStatus(u8),
+    /// A negative GET length or error-payload length in a response; holds it.
     #[error("Negative length {0} in response")]
     NegativeResponseLength(i32),
 }

@@ -17,13 +17,21 @@ pub use response::{
     encode_put_key,
 };
 
+/// Op byte of a PUT: the first byte of a request (§1).
 pub const PUT_OPERATION: u8 = 0x00;
+/// Op byte of a GET.
 pub const GET_OPERATION: u8 = 0x01;
+/// Op byte of a DELETE.
 pub const DELETE_OPERATION: u8 = 0x02;
+/// Status byte of a success: the first byte of a response.
 pub const RETURN_OKAY: u8 = 0x00;
+/// Status byte of a failure; a len32 and a Java-serialized `Throwable` follow (§5).
 pub const RETURN_ERROR: u8 = 0x01;
+/// Addressing byte: a blob by its 20-byte key (a PUT sends no key; the reply carries it).
 pub const CONTENT_ADDRESSABLE: u8 = 0x00;
+/// Addressing byte: a blob by JobID and name.
 pub const NAME_ADDRESSABLE: u8 = 0x01;
+/// Addressing byte: every named blob of a JobID. Valid only for DELETE.
 pub const JOB_ID_SCOPE: u8 = 0x02;
 /// Largest PUT chunk the server accepts; the chunk size clients send.
 pub const MAX_CHUNK: usize = 65536;

@@ -7,29 +7,39 @@ use crate::key::{BlobId, BlobKey, JobId, MAX_NAME_LEN};
 /// Where a PUT body goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutTarget {
+    /// Content-addressed: the reply carries the body's [`BlobKey`].
     Content,
+    /// Stored under a job and a name (at most [`MAX_NAME_LEN`] bytes of UTF-8); the reply is a
+    /// bare [`RETURN_OKAY`].
     Named(JobId, String),
 }
 
 /// What a DELETE removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeleteTarget {
+    /// The content-addressed blob with this key.
     Content(BlobKey),
+    /// One named blob of a job.
     Named(JobId, String),
+    /// Every named blob of a job; content-addressed blobs are not touched (§4.7).
     Job(JobId),
 }
 
 /// A request header. A `Put` is followed by its body: `Chunk` events, then `End`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// A PUT header; its body follows.
     Put(PutTarget),
+    /// A GET: the whole request.
     Get(BlobId),
+    /// A DELETE: the whole request.
     Delete(DeleteTarget),
 }
 
 /// What the decoder recognised in the bytes it was given.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RequestEvent<'a> {
+    /// A complete request header.
     Request(Request),
     /// Body bytes of the current PUT: a slice of the input, not a copy. A wire chunk may arrive
     /// as several of these.
@@ -71,6 +81,7 @@ impl Default for RequestDecoder {
 }
 
 impl RequestDecoder {
+    /// A decoder waiting for the first request's op byte.
     pub fn new() -> Self {
         RequestDecoder {
             state: State::Op,

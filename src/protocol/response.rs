@@ -32,6 +32,8 @@ impl Expect {
     }
 }
 
+/// What the decoder recognised in a response. A GET yields `Length`, `Data` events (none for an
+/// empty blob) and `End`; every other reply is one event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResponseEvent<'a> {
     /// A content PUT succeeded with this key.
@@ -71,6 +73,8 @@ pub struct ResponseDecoder {
 }
 
 impl ResponseDecoder {
+    /// A decoder of the reply `expect` names. It decodes one response; make a new one per
+    /// request.
     pub fn new(expect: Expect) -> Self {
         ResponseDecoder {
             expect,
