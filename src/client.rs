@@ -18,40 +18,77 @@ use crate::protocol::{
 /// Errors of [`BlobClient`].
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The client is closed, by [`BlobClient::close`] or after an earlier failure. Nothing was
+    /// sent; connect again.
     #[error("BLOB client is not connected (closed after an earlier failure)")]
     NotConnected,
+    /// The server answered with an error reply. The server closes the connection after one, so
+    /// the client is closed too.
     #[error("{op} operation failed: Server side error: {message}")]
-    Server { op: &'static str, message: String },
+    Server {
+        /// `"PUT"`, `"GET"` or `"DELETE"`.
+        op: &'static str,
+        /// The server's message, read from its Java-serialized exception.
+        message: String,
+    },
+    /// A socket read or write failed (a timeout included), a PUT's reader failed mid-body, or
+    /// the reply did not fit the request (`InvalidData`). The client is closed.
     #[error("{op} operation failed: {source}")]
     Io {
+        /// `"PUT"`, `"GET"` or `"DELETE"`.
         op: &'static str,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
+    /// The reply broke the protocol, or the server closed the connection before it was complete
+    /// ([`ProtocolError::Truncated`]). The client is closed.
     #[error("{op} operation failed: {source}")]
     Protocol {
+        /// `"PUT"`, `"GET"` or `"DELETE"`.
         op: &'static str,
+        /// The broken rule.
         #[source]
         source: ProtocolError,
     },
+    /// The bytes do not match their key: after a PUT, the server returned another key than the
+    /// client computed; after a GET by key, the bytes received hash to another key. The client is
+    /// closed.
     #[error(
         "{op} operation failed: Detected data corruption during transfer (expected {expected}, got {actual})"
     )]
     Corrupted {
+        /// `"PUT"` or `"GET"`.
         op: &'static str,
+        /// The key the client computed (PUT) or asked for (GET).
         expected: BlobKey,
+        /// The key the server returned (PUT) or the key of the bytes received (GET).
         actual: BlobKey,
     },
+    /// A name longer than [`MAX_NAME_LEN`](crate::key::MAX_NAME_LEN) bytes: refused before
+    /// anything is sent; the connection stays open.
     #[error("invalid name: {0}")]
     Name(#[from] crate::key::KeyError),
+    /// `offset + len` reaches past the data given to a `*_range` call: refused before anything is
+    /// sent; the connection stays open.
     #[error("range {offset}+{len} is outside the {size} bytes given")]
     Range {
+        /// The offset asked for.
         offset: usize,
+        /// The length asked for.
         len: usize,
+        /// Length of the data given.
         size: usize,
     },
+    /// [`BlobClient::put_file`] could not open the file: nothing was sent; the connection stays
+    /// open. A read failure after the upload started is [`ClientError::Io`].
     #[error("cannot read {path}: {source}")]
-    File { path: String, source: io::Error },
+    File {
+        /// The path, as given.
+        path: String,
+        /// The error opening it.
+        source: io::Error,
+    },
 }
 
 impl ClientError {
@@ -109,10 +146,13 @@ impl BlobClient {
         })
     }
 
+    /// The server's address (the connection's peer); kept after the client is closed.
     pub fn server_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// False once the client is closed, by [`close`](Self::close) or a failure; every request then
+    /// fails with [`ClientError::NotConnected`].
     pub fn is_connected(&self) -> bool {
         self.stream.is_some()
     }
@@ -212,10 +252,13 @@ impl BlobClient {
         Ok(out)
     }
 
+    /// Deletes content blob `key`; named blobs with the same bytes keep them. Deleting a blob that
+    /// is not stored succeeds.
     pub fn delete(&mut self, key: BlobKey) -> Result<(), ClientError> {
         self.send_delete(DeleteTarget::Content(key))
     }
 
+    /// Deletes the blob `name` of `job`. Deleting a blob that is not stored succeeds.
     pub fn delete_named(&mut self, job: JobId, name: &str) -> Result<(), ClientError> {
         check_name(name)?;
         self.send_delete(DeleteTarget::Named(job, name.to_owned()))
@@ -461,6 +504,7 @@ impl Download<'_> {
         self.len
     }
 
+    /// True for an empty blob (`len() == 0`).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
