@@ -65,20 +65,42 @@ const SPOOL_DIR: &str = "spool";
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store could not be opened: its directory, database file, log or spool could not be
+    /// created or opened (another process holding the database included), or there is no store
+    /// at the path given to [`BlobStore::compact`]. Holds the path and the cause.
     #[error("cannot open store at {0}: {1}")]
     Open(PathBuf, String),
+    /// redb failed (I/O, corruption, a transaction), or the write-ahead log or a compaction did;
+    /// holds the message. A failed group commit hands each of its operations this variant with
+    /// the first failure's message.
     #[error("storage error: {0}")]
     Storage(String),
+    /// An upload's temp file in the spool directory could not be written or read back; holds
+    /// the file and the cause.
     #[error("cannot spool upload to {0}: {1}")]
     Spool(PathBuf, std::io::Error),
+    /// An upload past [`MAX_BLOB_LEN`](crate::protocol::MAX_BLOB_LEN) (2 GiB − 1), which no GET
+    /// could serve; holds the length it would have reached.
     #[error("blob of {0} bytes exceeds the maximum size (2 GB)")]
     TooLarge(u64),
+    /// A blob name longer than [`MAX_NAME_LEN`](crate::key::MAX_NAME_LEN) bytes.
     #[error("invalid blob name: {0}")]
     Name(#[from] crate::key::KeyError),
+    /// A stored blob failed a check: a chunk is missing or short, or its bytes do not hash to
+    /// its key.
     #[error("BLOB {key} is damaged: {what}")]
-    Damaged { key: BlobKey, what: String },
+    Damaged {
+        /// The blob's content key.
+        key: BlobKey,
+        /// What is wrong.
+        what: String,
+    },
+    /// The recovery store failed, on a write or on the read-repair of a local miss; holds its
+    /// message. A PUT or DELETE that fails so is not applied locally either.
     #[error("recovery store failed: {0}")]
     Recovery(String),
+    /// The store takes no more operations: its writer thread has stopped, or a lock was
+    /// poisoned by a panic.
     #[error("the store is closed")]
     Closed,
     /// The file system holding the store is full (see [`StoreOptions::reserve_bytes`]).
@@ -93,6 +115,8 @@ pub enum StoreError {
         /// What could not be written.
         detail: String,
     },
+    /// Any other I/O failure (opening the write-ahead log, syncing the directory, starting the
+    /// writer thread, reading a PUT's source).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -192,6 +216,10 @@ impl std::fmt::Debug for StoreOptions {
 }
 
 impl StoreOptions {
+    /// Options for the store in `dir`, with the defaults: durable, a 32 MiB page cache, uploads
+    /// over 1 MiB (or over 64 MiB all together) spooled to files, reads verified, at most 512
+    /// operations per commit, [`DEFAULT_CHUNK_SIZE`], no faults, no recovery store, on disk,
+    /// [`DEFAULT_RESERVE_BYTES`] of reserve, and a 1 s `no_fsync_interval`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         StoreOptions {
             dir: dir.into(),
@@ -214,6 +242,7 @@ impl StoreOptions {
         }
     }
 
+    /// Sets [`durable`](Self::durable).
     pub fn durable(mut self, on: bool) -> Self {
         self.durable = on;
         self
@@ -231,11 +260,14 @@ impl StoreOptions {
         self
     }
 
+    /// Sets [`recovery`](Self::recovery): writes are replicated to `r`, and local misses of
+    /// [`BlobStore::fetch`] are looked up there.
     pub fn recovery(mut self, r: Arc<dyn RecoveryStore>) -> Self {
         self.recovery = Some(r);
         self
     }
 
+    /// Sets [`faults`](Self::faults).
     pub fn faults(mut self, f: FaultSwitch) -> Self {
         self.faults = f;
         self
@@ -255,6 +287,7 @@ impl StoreOptions {
         self
     }
 
+    /// Opens (or creates) the store: [`BlobStore::open_with`].
     pub fn open(self) -> Result<BlobStore, StoreError> {
         BlobStore::open_with(self)
     }
@@ -272,8 +305,11 @@ struct Found {
 /// One entry of [`BlobStore::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobEntry {
+    /// How the blob is addressed: by key (stored by a content PUT), or by job and name.
     pub id: BlobId,
+    /// Its content key.
     pub key: BlobKey,
+    /// Its length in bytes.
     pub len: u64,
 }
 
@@ -288,7 +324,9 @@ pub struct StoreStats {
     pub named_blobs: u64,
     /// Bytes of distinct content.
     pub payload_bytes: u64,
+    /// Chunks stored, of at most `chunk_size` bytes each.
     pub chunks: u64,
+    /// The store's chunk size in bytes.
     pub chunk_size: u64,
     /// Size of the database file.
     pub file_bytes: u64,
@@ -398,6 +436,9 @@ impl BlobStore {
         Self::open(crate::config::default_data_dir())
     }
 
+    /// Opens (or creates, with its directory) the store `opts` describe: replays the write-ahead
+    /// log, frees chunks whose release was still pending and starts the writer thread. Fails
+    /// with [`StoreError::Open`] when the store is already open (in another process, say).
     pub fn open_with(opts: StoreOptions) -> Result<BlobStore, StoreError> {
         limit_malloc_arenas();
         let created_dir = !opts.dir.exists();
@@ -518,14 +559,17 @@ impl BlobStore {
         })
     }
 
+    /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.shared.opts.dir
     }
 
+    /// The options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.shared.opts
     }
 
+    /// The store's chunk size in bytes, fixed when it was created.
     pub fn chunk_size(&self) -> u64 {
         self.inner.shared.layout.chunk_size
     }
@@ -817,6 +861,8 @@ impl BlobStore {
         Ok((before, len(&path)?))
     }
 
+    /// Counts and sizes of what is stored, from one snapshot. Reads every content entry, so it
+    /// takes time in proportion to the number of distinct contents.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let txn = self.db()?.begin_read()?;
         let content = txn.open_table(CONTENT)?;
