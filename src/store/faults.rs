@@ -19,6 +19,7 @@ const FULL: u8 = 1;
 const ALL: u8 = 2;
 
 impl FaultSwitch {
+    /// A switch that is off: storage works.
     pub fn new() -> Self {
         Self::default()
     }

@@ -13,6 +13,7 @@ use redb::backends::InMemoryBackend;
 pub struct MemoryImage(Arc<InMemoryBackend>);
 
 impl MemoryImage {
+    /// An empty image: the first store opened on it creates a database.
     pub fn new() -> Self {
         Self::default()
     }
@@ -22,6 +23,7 @@ impl MemoryImage {
         self.0.len().unwrap_or(0)
     }
 
+    /// True while no store has been opened on the image.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

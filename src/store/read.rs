@@ -304,6 +304,7 @@ impl BlobReader {
         self.len
     }
 
+    /// True for an empty blob.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

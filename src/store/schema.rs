@@ -57,8 +57,11 @@ impl Layout {
 /// while named blobs point at it (`named_refs`). Its chunks go when both are gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContentMeta {
+    /// Length of the blob in bytes.
     pub len: u64,
+    /// Stored by a content PUT and not deleted by key since: reachable by its key.
     pub pinned: bool,
+    /// Named blobs pointing at this content.
     pub named_refs: u64,
     /// Milliseconds since the Unix epoch of the first store.
     pub created_ms: u64,

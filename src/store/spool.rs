@@ -179,6 +179,7 @@ impl Upload {
         self.len
     }
 
+    /// True while no byte has been received.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -268,14 +269,17 @@ impl Upload {
 }
 
 impl Spooled {
+    /// The blob's content key (SHA-1 of its bytes).
     pub fn key(&self) -> BlobKey {
         self.key
     }
 
+    /// The blob's length in bytes.
     pub fn len(&self) -> u64 {
         self.len
     }
 
+    /// True for an empty blob.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -13,15 +13,20 @@ use crate::key::BlobKey;
 /// One damaged blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
+    /// The blob's content key.
     pub key: BlobKey,
+    /// What is wrong: a missing or short chunk, or a hash that does not match the key.
     pub what: String,
 }
 
 /// What [`BlobStore::verify`](super::BlobStore::verify) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Distinct contents re-hashed (a content stored by key and by name counts once).
     pub blobs_checked: u64,
+    /// Bytes read while re-hashing (of a damaged blob, those before the damage).
     pub bytes_checked: u64,
+    /// Blobs whose chunks are missing or short, or whose bytes do not hash to their key.
     pub damaged: Vec<Damage>,
     /// Chunks of no stored blob (a bug or a torn write if ever non-zero).
     pub orphan_chunks: u64,
