@@ -25,8 +25,15 @@ use crate::store::{
 /// Errors of a recovery store.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
+    /// The store's database failed: opening it, a transaction, or its I/O.
     #[error("recovery store at {path}: {message}")]
-    Backend { path: String, message: String },
+    Backend {
+        /// The database file, or its directory.
+        path: String,
+        /// The cause.
+        message: String,
+    },
+    /// The recovery directory could not be created or resolved.
     #[error("recovery store I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -34,8 +41,11 @@ pub enum RecoveryError {
 /// One blob to replicate: its identity, content key and bytes.
 #[derive(Debug, Clone)]
 pub struct RecoveryItem<'a> {
+    /// Where the blob goes: by key, or by job and name.
     pub id: BlobId,
+    /// Its content key (for a content blob, the key in `id`).
     pub key: BlobKey,
+    /// Its bytes.
     pub data: &'a [u8],
 }
 
@@ -298,19 +308,25 @@ pub fn read_repair(store: &BlobStore, id: &BlobId) -> Result<Option<BlobReader>,
 /// The recovery mode of Flink's `recovery.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryMode {
+    /// `standalone` (the default): no recovery store.
     Standalone,
+    /// `zookeeper`: writes replicated to the directory Flink's state-backend keys name.
     Zookeeper,
 }
 
 /// Errors in the recovery configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryConfigError {
+    /// A `recovery.mode` other than `standalone` or `zookeeper` (either in any case); holds it.
     #[error("unknown {key} {0:?} (expected standalone or zookeeper)", key = keys::RECOVERY_MODE)]
     UnknownMode(String),
+    /// In `zookeeper` mode, a `state.backend` other than `filesystem`; holds it.
     #[error("{key} {0:?} cannot hold recovery data: use filesystem", key = keys::STATE_BACKEND)]
     Backend(String),
+    /// In `zookeeper` mode, a blank `state.backend.fs.dir.recovery`.
     #[error("{key} is empty", key = keys::RECOVERY_PATH)]
     EmptyPath,
+    /// The recovery store could not be opened.
     #[error(transparent)]
     Open(#[from] RecoveryError),
 }
