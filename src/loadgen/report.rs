@@ -6,21 +6,30 @@ use std::fmt::Write as _;
 /// Figures of one phase.
 #[derive(Debug, Clone)]
 pub struct PhaseReport {
+    /// `put`, `get` or `delete`.
     pub name: String,
+    /// Operations that succeeded (in a get phase, over every round).
     pub ops: u64,
+    /// Operations that failed.
     pub errors: u64,
+    /// Blob bytes the successful operations moved (0 in a delete phase).
     pub bytes: u64,
+    /// Wall-clock time of the phase, from the moment every connection is open until the last
+    /// one is done.
     pub seconds: f64,
     /// Latency percentiles in microseconds: p50, p99, p999, max.
     pub latency_us: [f64; 4],
+    /// Message of the first failure, if any.
     pub first_error: Option<String>,
 }
 
 impl PhaseReport {
+    /// Successful operations per second.
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.seconds.max(1e-9)
     }
 
+    /// Bytes per second, in MB (10^6 bytes).
     pub fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
     }
@@ -43,19 +52,33 @@ pub struct StoreBytes {
 pub struct Report {
     /// What served: `blobvault`, `files` or `files-fsync` (in-process), or `external`.
     pub target: String,
+    /// Address the load went to (the in-process server's, when one was started).
     pub server: String,
+    /// Whether the server ran in this process.
     pub in_process: bool,
+    /// Whether the in-process server made every write durable before replying; `None` for an
+    /// external server.
     pub durable: Option<bool>,
+    /// The `--size` given, as text (`4KiB`, `jar-mix`).
     pub size: String,
+    /// Blobs per phase.
     pub count: u64,
+    /// Parallel connections.
     pub connections: usize,
+    /// Whether blobs were named (`--named`) rather than content-addressed.
     pub named: bool,
+    /// Whether requests were written the way Flink's Java client writes them (`--java-client`).
     pub java_client: bool,
+    /// One report per phase, in the order run.
     pub phases: Vec<PhaseReport>,
+    /// `--dd`: MB/s (10^6 bytes) of `dd … conv=fdatasync` into the store directory.
     pub dd_mb_per_sec: Option<f64>,
+    /// Peak RSS (VmHWM) in bytes of `--server-pid`, else of this process when the in-process
+    /// blobvault server ran in it; `None` otherwise.
     pub peak_rss_bytes: Option<u64>,
     /// Figures of the store after the put phase (in-process server).
     pub store_bytes: Option<StoreBytes>,
+    /// `--reopen`: milliseconds to open the store again after a clean stop.
     pub reopen_ms: Option<f64>,
 }
 

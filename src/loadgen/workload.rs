@@ -6,6 +6,7 @@ use std::str::FromStr;
 /// Blob sizes of a run: one fixed size, or the JAR-like mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeSpec {
+    /// Every blob this many bytes.
     Fixed(u64),
     /// Most blobs 2–200 KiB, some up to 1 MiB, a few 1–8 MiB (see [`jar_mix_size`]).
     JarMix,
@@ -74,6 +75,7 @@ pub fn format_size(n: u64) -> String {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`: the same seed gives the same sequence.
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
@@ -85,6 +87,7 @@ impl Rng {
         r
     }
 
+    /// The next value, uniform over all `u64`.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
