@@ -160,7 +160,8 @@ pub fn check_name(name: &str) -> Result<(), KeyError> {
 /// What a GET addresses: content by key, or a named blob of a job.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BlobId {
-    /// Content-addressed: the blob whose SHA-1 is the key.
+    /// Content-addressed: the blob a content PUT stored, whose SHA-1 is the key. Bytes stored
+    /// only under names are not found this way.
     Content(BlobKey),
     /// The blob a job stored under a name (at most [`MAX_NAME_LEN`] bytes of UTF-8).
     Named(JobId, String),

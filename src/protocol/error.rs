@@ -3,11 +3,11 @@ use std::fmt;
 /// The three operations, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// [`PUT_OPERATION`](super::PUT_OPERATION).
+    /// A PUT ([`PUT_OPERATION`](super::PUT_OPERATION)).
     Put,
-    /// [`GET_OPERATION`](super::GET_OPERATION).
+    /// A GET ([`GET_OPERATION`](super::GET_OPERATION)).
     Get,
-    /// [`DELETE_OPERATION`](super::DELETE_OPERATION).
+    /// A DELETE ([`DELETE_OPERATION`](super::DELETE_OPERATION)).
     Delete,
 }
 

@@ -71,8 +71,8 @@ pub enum StoreError {
     #[error("cannot open store at {0}: {1}")]
     Open(PathBuf, String),
     /// redb failed (I/O, corruption, a transaction), or the write-ahead log or a compaction did;
-    /// holds the message. A failed group commit hands each of its operations this variant with
-    /// the first failure's message.
+    /// holds the message. Also what every operation of a failed group commit gets for an error
+    /// that cannot be cloned (an I/O error, say): its message.
     #[error("storage error: {0}")]
     Storage(String),
     /// An upload's temp file in the spool directory could not be written or read back; holds
@@ -96,7 +96,7 @@ pub enum StoreError {
         what: String,
     },
     /// The recovery store failed, on a write or on the read-repair of a local miss; holds its
-    /// message. A PUT or DELETE that fails so is not applied locally either.
+    /// message. A PUT or DELETE that fails so is not applied locally.
     #[error("recovery store failed: {0}")]
     Recovery(String),
     /// The store takes no more operations: its writer thread has stopped, or a lock was
