@@ -46,9 +46,9 @@ pub use workload::{Rng, SizeSpec, blob_bytes, format_size, jar_mix_size, parse_s
 /// A phase of the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Phase {
-    /// Store every blob (by content, or by name with --named)
+    /// Store every blob (by content, or by name with `--named`)
     Put,
-    /// Read every blob back, --get-rounds times; needs a put phase before it
+    /// Read every blob back, `--get-rounds` times; needs a put phase before it
     Get,
     /// Delete every blob; needs a put phase before it
     Delete,
