@@ -537,13 +537,17 @@ fn serve(a: ServeArgs) -> CliResult {
         opts = opts.recovery(r);
     }
     let store = opts.open().map_err(|e| store_fail(e, &dir, Use::Serve))?;
-    let ports = config.ports;
-    let mut server = BlobServer::start(store, config).map_err(|e| {
-        Fail::new(format!(
-            "{e}; another process may have the port: give another with --port (0: any free one)"
-        ))
+    let mut server = BlobServer::start(store, config).map_err(|e| match &e {
+        crate::server::ServerError::Bind { source, .. }
+            if source.kind() == io::ErrorKind::AddrInUse =>
+        {
+            Fail::new(format!(
+                "{e}: another process listens there; give another port with --port (0: any \
+                 free one)"
+            ))
+        }
+        _ => Fail::new(e.to_string()),
     })?;
-    tracing::debug!(?ports, "bound");
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());

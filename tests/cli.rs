@@ -467,3 +467,20 @@ fn a_config_file_is_read_minus_d_wins_and_ignored_keys_are_listed_once() {
     let o = run(&["serve", "--dir", &store, "--config", &gone]);
     expect(&o, 1, &[&format!("cannot read configuration file {gone}")]);
 }
+
+#[test]
+fn bench_takes_a_host_name_and_names_a_server_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(&dir.path().join("store"));
+    let by_name = format!("localhost:{}", server.addr.port());
+    let args = ["-q", "-n", "5", "-c", "1", "--phases", "put,get"];
+    let o = run(&[&["bench", "--server", &by_name][..], &args].concat());
+    expect(&o, 0, &[]);
+    let refused = format!("127.0.0.1:{}", closed_port());
+    let o = run(&[&["bench", "--server", &refused][..], &args].concat());
+    expect(
+        &o,
+        1,
+        &[&format!("is `blobvault serve` running on {refused}?")],
+    );
+}
