@@ -885,7 +885,7 @@ fn verify(dir: StoreDir, json: bool) -> CliResult {
         Ok(())
     } else {
         Err(Fail::new(format!(
-            "{} is damaged (see above)",
+            "the store at {} has damage or lost writes (see above)",
             dir.display()
         )))
     }
