@@ -4,7 +4,9 @@
 import os, shutil, socket, struct, subprocess, sys, tempfile, time
 binary = sys.argv[1]; extra = sys.argv[2:]
 d = tempfile.mkdtemp()
-p = subprocess.Popen([binary, "serve", "--dir", d + "/s"] + extra, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+# Any free port unless told one (serve's default, 6124, may be taken on a shared machine).
+port_args = [] if any(a in ("--port", "-p") or a.startswith("--port=") for a in extra) else ["--port", "0"]
+p = subprocess.Popen([binary, "serve", "--dir", d + "/s"] + port_args + extra, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 addr = p.stdout.readline().decode().split()[-1]; host, port = addr.rsplit(":", 1); port = int(port)
 idle = [socket.create_connection((host, port)) for _ in range(2000)]
 time.sleep(1)

@@ -1,26 +1,62 @@
 //! The `blobvault` command line: a thin layer over the library.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error (clap's), 3 no such blob (`get`).
 
-use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::io::{self, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Configuration, PortRange, ServerConfig, default_data_dir};
+use crate::config::{
+    Configuration, DEFAULT_PORT, PortRange, ServerConfig, default_data_dir, keys, resolve_addr,
+    resolve_bind,
+};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
-use crate::store::{BlobStore, StoreOptions};
-use crate::{BlobClient, BlobServer};
+use crate::store::{BlobStore, DB_FILE, StoreError, StoreOptions};
+use crate::{BlobClient, BlobServer, ClientError};
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+/// Exit status of a failure.
+const EXIT_FAILURE: i32 = 1;
+/// Exit status of `get` when the blob is not there.
+const EXIT_NO_SUCH_BLOB: i32 = 3;
+/// Environment variable naming the server of `put`, `get` and `delete`.
+const SERVER_ENV: &str = "BLOBVAULT_SERVER";
+
+/// A failed command: what to print and the exit status.
+#[derive(Debug)]
+struct Fail {
+    code: i32,
+    msg: String,
+}
+
+impl Fail {
+    fn new(msg: impl Into<String>) -> Fail {
+        Fail {
+            code: EXIT_FAILURE,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl<E: std::error::Error> From<E> for Fail {
+    fn from(e: E) -> Fail {
+        Fail::new(e.to_string())
+    }
+}
+
+type CliResult<T = ()> = Result<T, Fail>;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "blobvault",
     version,
-    about = "A blob store for job artifacts speaking Flink 0.10's BLOB protocol"
+    about = "A blob store for job artifacts speaking Flink 0.10's BLOB protocol",
+    after_help = "Start a server with `blobvault serve` (port 6124), then `blobvault put FILE` and \
+                  `blobvault get KEY -o FILE` talk to it.\n\
+                  Exit status: 0 success, 1 failure, 2 usage error, 3 no such blob (get)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,79 +66,173 @@ struct Cli {
 /// Where put/get/delete act: a running server, or a store directory directly.
 #[derive(Debug, clap::Args)]
 struct Target {
-    /// Address of a running server (host:port).
-    #[arg(long, short = 's')]
-    server: Option<SocketAddr>,
-    /// Store directory to use directly when no --server is given (default: the embedded location).
-    #[arg(long, short = 'd')]
+    /// Server to talk to, HOST:PORT (a host name or an IP address). Default: the environment
+    /// variable BLOBVAULT_SERVER, else 127.0.0.1:6124.
+    #[arg(long, short = 's', value_name = "HOST:PORT", conflicts_with = "dir")]
+    server: Option<String>,
+    /// Open this store directory directly instead of talking to a server (it must not be open
+    /// in a running server: stop that, or use --server).
+    #[arg(long, short = 'd', value_name = "DIR")]
     dir: Option<PathBuf>,
+}
+
+/// Where a put/get/delete goes, once resolved.
+enum Via {
+    Server(String),
+    Dir(PathBuf),
+}
+
+impl Target {
+    /// `--dir` means the store directly; otherwise `--server`, `$BLOBVAULT_SERVER`, the default.
+    fn via(self) -> Via {
+        match (self.dir, self.server) {
+            (Some(d), _) => Via::Dir(absolute(d)),
+            (None, Some(s)) => Via::Server(s),
+            (None, None) => Via::Server(
+                std::env::var(SERVER_ENV)
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+                    .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}")),
+            ),
+        }
+    }
 }
 
 /// A named blob: --job and --name together.
 #[derive(Debug, clap::Args)]
 struct Named {
-    /// Job id (32 hex characters) of a named blob.
-    #[arg(long)]
+    /// Job of a named blob: a 32-hex-digit job id as Flink prints it, or any other text (e.g.
+    /// `nightly-etl`), from which a stable id is derived (the first 16 bytes of its SHA-1).
+    #[arg(long, value_name = "JOB", value_parser = parse_job)]
     job: Option<JobId>,
     /// Name of the blob within the job (at most 64 bytes of UTF-8).
     #[arg(long, requires = "job")]
     name: Option<String>,
 }
 
+/// A job id: 32 hex digits as they are, anything else hashed (documented on `--job`).
+fn parse_job(s: &str) -> Result<JobId, String> {
+    if s.is_empty() {
+        return Err("a job cannot be empty".into());
+    }
+    if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return s.parse().map_err(|e: crate::key::KeyError| e.to_string());
+    }
+    let digest = BlobKey::of(s.as_bytes());
+    let mut id = [0u8; JobId::LEN];
+    id.copy_from_slice(&digest.as_bytes()[..JobId::LEN]);
+    Ok(JobId(id))
+}
+
+/// The store directory of the offline commands.
+#[derive(Debug, clap::Args)]
+struct StoreDir {
+    /// Store directory (default: the embedded location: $BLOBVAULT_DIR, else
+    /// $XDG_DATA_HOME/blobvault, else ~/.local/share/blobvault). No server may have it open.
+    #[arg(long, short = 'd', value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Serve a store over the BLOB protocol.
-    Serve(ServeArgs),
-    /// Store a file (or stdin with `-`); prints its key.
+    /// Serve a store over the BLOB protocol (port 6124 unless told otherwise).
+    #[command(
+        after_help = "Example:\n  blobvault serve --dir /var/lib/blobvault --config \
+                            conf/flink-conf.yaml -D blob.fetch.num-concurrent=16\n\n\
+                            Prints `listening on ADDR` on stdout once it accepts connections; \
+                            SIGINT/SIGTERM stop it."
+    )]
+    Serve(Box<ServeArgs>),
+    /// Store a file (or stdin with `-`) on a server, or in a store with --dir.
+    #[command(
+        after_help = "Prints the blob's key (content PUT) or `--job JOB --name NAME` \
+                            (named PUT), which `get` takes.\n\nExamples:\n  blobvault put \
+                            app.jar\n  blobvault put app.jar --job nightly-etl --name lib/app.jar \
+                            --json"
+    )]
     Put {
+        /// File to store, `-` for stdin.
+        #[arg(value_name = "FILE")]
         file: PathBuf,
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
         named: Named,
+        /// Print one JSON object (key, size, and job and name of a named blob).
+        #[arg(long)]
+        json: bool,
     },
     /// Fetch a blob by KEY or by --job/--name, to stdout or --output.
+    #[command(
+        after_help = "Exit status 3 when the blob is not there.\n\nExamples:\n  \
+                            blobvault get 3f78…e1 -o app.jar\n  blobvault get --job nightly-etl \
+                            --name lib/app.jar > app.jar"
+    )]
     Get {
+        /// Content key of the blob (40 hex digits, as `put` prints it).
+        #[arg(value_name = "KEY")]
         key: Option<BlobKey>,
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
         named: Named,
-        #[arg(long, short = 'o')]
+        /// Write the blob to this file (written whole, then renamed into place) instead of
+        /// stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
     },
     /// Delete a blob by KEY, by --job/--name, or a whole job with --job alone.
+    #[command(
+        after_help = "Examples:\n  blobvault delete 3f78…e1\n  blobvault delete --job \
+                            nightly-etl"
+    )]
     Delete {
+        /// Content key of the blob (40 hex digits).
+        #[arg(value_name = "KEY")]
         key: Option<BlobKey>,
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
         named: Named,
     },
-    /// List the blobs of a store directory.
+    /// List the blobs of a store directory: key and size, then job and name of named blobs.
+    #[command(after_help = "Example:\n  blobvault ls --dir /var/lib/blobvault --json")]
     Ls {
-        #[arg(long, short = 'd')]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: StoreDir,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Show figures of a store directory.
+    #[command(after_help = "Example:\n  blobvault stat --dir /var/lib/blobvault")]
     Stat {
-        #[arg(long, short = 'd')]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: StoreDir,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-hash every blob of a store directory and report what the replay of its write-ahead
     /// log found; exit status 1 if a blob is damaged or the log lost acknowledged writes.
+    #[command(after_help = "Example:\n  blobvault verify --dir /var/lib/blobvault")]
     Verify {
-        #[arg(long, short = 'd')]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: StoreDir,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// Compact a store directory that no server has open: give back the free space at the end
     /// of its file.
+    #[command(after_help = "Example:\n  blobvault compact --dir /var/lib/blobvault")]
     Compact {
-        #[arg(long, short = 'd')]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: StoreDir,
     },
-    /// Load generator over the wire protocol.
-    Bench(crate::loadgen::BenchArgs),
+    /// Load generator over the wire protocol (an in-process server unless --server is given).
+    #[command(after_help = "Example:\n  blobvault bench --server localhost:6124 -s 1MiB -n 500")]
+    Bench(Box<crate::loadgen::BenchArgs>),
     /// Inspect or purge a recovery directory.
     Recovery {
         #[command(subcommand)]
@@ -113,34 +243,42 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum RecoveryCmd {
     /// List the blobs held for failover.
+    #[command(after_help = "Example:\n  blobvault recovery ls --recovery-dir /mnt/ha/blobvault")]
     Ls {
-        #[arg(long)]
+        /// Recovery directory (as given to `serve --recovery-dir`).
+        #[arg(long, value_name = "DIR")]
         recovery_dir: PathBuf,
     },
     /// Remove every blob held for failover (no running server needs them any more).
+    #[command(after_help = "Example:\n  blobvault recovery purge --recovery-dir /mnt/ha/blobvault")]
     Purge {
-        #[arg(long)]
+        /// Recovery directory (as given to `serve --recovery-dir`).
+        #[arg(long, value_name = "DIR")]
         recovery_dir: PathBuf,
     },
 }
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Store directory (default: the embedded location, see README).
-    #[arg(long, short = 'd')]
+    /// Store directory, created if missing (default: the embedded location: $BLOBVAULT_DIR,
+    /// else $XDG_DATA_HOME/blobvault, else ~/.local/share/blobvault).
+    #[arg(long, short = 'd', value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Port, 0 for any free one, or a range like 50100-50200 (default: `-D blob.server.port`,
-    /// else 0).
-    #[arg(long, short = 'p')]
+    /// Port, 0 for any free one, or a range like 50100-50200 (default: blob.server.port, else
+    /// 6124).
+    #[arg(long, short = 'p', value_name = "PORT")]
     port: Option<PortRange>,
-    /// Address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: IpAddr,
+    /// Address to bind: an IP address or a host name (its first IPv4 address).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    bind: String,
     /// Recovery directory on shared storage; turns recovery on.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     recovery_dir: Option<PathBuf>,
+    /// A Flink flink-conf.yaml (`key: value` lines) to read; -D entries override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Flink configuration entries, e.g. -D blob.fetch.num-concurrent=16.
-    #[arg(short = 'D', value_parser = parse_kv)]
+    #[arg(short = 'D', value_name = "KEY=VALUE", value_parser = parse_kv)]
     conf: Vec<(String, String)>,
     /// Seconds a connection may stay silent between requests before it is closed.
     #[arg(long, alias = "read-timeout", value_name = "SECS", default_value = "60", value_parser = parse_secs)]
@@ -159,9 +297,10 @@ struct ServeArgs {
     /// Seconds a request may take from its first byte to the end of its reply.
     #[arg(long, value_name = "SECS", default_value = "3600", value_parser = parse_secs)]
     request_timeout: Duration,
-    /// Most connections open at once (each needs a file descriptor; the soft limit is raised
-    /// towards the hard one to fit).
-    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_CONNECTIONS)]
+    /// Most connections open at once, at least 1 (each needs a file descriptor; the soft limit
+    /// is raised towards the hard one to fit).
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_at_least_one)]
     max_connections: usize,
     /// Acknowledge PUTs without waiting for fsync (faster; a crash may lose the PUTs and
     /// DELETEs of the last --no-fsync-interval seconds).
@@ -169,10 +308,10 @@ struct ServeArgs {
     no_fsync: bool,
     /// With --no-fsync: seconds after which a write is made durable in the background, the most
     /// a crash can lose (decimals allowed).
-    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_interval)]
     no_fsync_interval: f64,
     /// MiB kept in `<dir>/blobs.reserve` so that DELETEs still work on a full disk (0: none).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, value_name = "MIB", default_value_t = 8)]
     reserve_mib: u64,
 }
 
@@ -180,6 +319,13 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
         _ => Err(format!("expected seconds between 0 and 86400, got {s:?}")),
+    }
+}
+
+fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a number of at least 1, got {s:?}")),
     }
 }
 
@@ -201,60 +347,169 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
+/// Whether log lines may carry ANSI colours: only to a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>: any non-empty value).
+fn log_colours() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Runs the command line; returns the exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(log_colours())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
     let result = match cli.cmd {
-        Cmd::Serve(a) => serve(a),
+        Cmd::Serve(a) => serve(*a),
         Cmd::Put {
             file,
             target,
             named,
-        } => put(file, target, named),
+            json,
+        } => put(file, target.via(), named, json),
         Cmd::Get {
             key,
             target,
             named,
             output,
-        } => get(key, target, named, output),
-        Cmd::Delete { key, target, named } => delete(key, target, named),
-        Cmd::Ls { dir } => ls(dir),
-        Cmd::Stat { dir } => stat(dir),
-        Cmd::Verify { dir } => return verify(dir),
+        } => get(key, target.via(), named, output),
+        Cmd::Delete { key, target, named } => delete(key, target.via(), named),
+        Cmd::Ls { dir, json } => ls(dir, json),
+        Cmd::Stat { dir, json } => stat(dir, json),
+        Cmd::Verify { dir, json } => verify(dir, json),
         Cmd::Compact { dir } => compact(dir),
-        Cmd::Bench(a) => crate::loadgen::run_cli(&a),
+        Cmd::Bench(a) => crate::loadgen::run_cli(&a).map_err(|e| Fail::new(e.to_string())),
         Cmd::Recovery { cmd } => recovery(cmd),
     };
     match result {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("blobvault: {e}");
-            1
+        Err(f) => {
+            eprintln!("blobvault: {}", f.msg);
+            f.code
         }
     }
 }
 
-fn open_store(dir: Option<PathBuf>) -> Result<BlobStore, Box<dyn std::error::Error>> {
-    Ok(BlobStore::open(dir.unwrap_or_else(default_data_dir))?)
+/// What a command wanted a store for: it decides the advice when another process has it.
+#[derive(Clone, Copy)]
+enum Use {
+    /// `serve`.
+    Serve,
+    /// `put`, `get`, `delete` with `--dir`: a server could do them instead.
+    Direct,
+    /// `ls`, `stat`, `verify`, `compact`: they need the store closed.
+    Offline,
+}
+
+/// A store error, with what to do when another process holds the store.
+fn store_fail(e: StoreError, dir: &Path, used: Use) -> Fail {
+    let StoreError::Locked(_) = e else {
+        return Fail::new(e.to_string());
+    };
+    let todo = match used {
+        Use::Serve => "stop that process, or serve a different --dir",
+        Use::Direct => "stop that server, or go through it: --server HOST:PORT instead of --dir",
+        Use::Offline => "stop that server first (this command needs the store closed)",
+    };
+    Fail::new(format!(
+        "the store at {} is open in another process (a running `blobvault serve`?): {todo}",
+        dir.display()
+    ))
+}
+
+/// The directory of an offline command: `--dir`, or the embedded default.
+fn store_dir(dir: StoreDir) -> PathBuf {
+    absolute(dir.dir.unwrap_or_else(default_data_dir))
+}
+
+/// `dir` made absolute, so that messages name it unambiguously (and the store never sees a
+/// bare relative name, whose parent is the empty path).
+fn absolute(dir: PathBuf) -> PathBuf {
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// Refuses a directory that holds no store, so that read-only commands create nothing.
+fn require_store(dir: &Path) -> CliResult {
+    if dir.join(DB_FILE).is_file() {
+        return Ok(());
+    }
+    let why = if !dir.exists() {
+        "no such directory"
+    } else if !dir.is_dir() {
+        "not a directory"
+    } else {
+        "no blobs.redb in it"
+    };
+    Err(Fail::new(format!(
+        "no store at {} ({why}); give a store's directory with --dir",
+        dir.display()
+    )))
+}
+
+/// Opens an existing store for an offline command.
+fn open_existing(dir: &Path, used: Use) -> CliResult<BlobStore> {
+    require_store(dir)?;
+    BlobStore::open(dir).map_err(|e| store_fail(e, dir, used))
+}
+
+/// Refuses a path that exists but is not a directory (`what` names the flag).
+fn check_dir_arg(dir: &Path, what: &str) -> CliResult {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Fail::new(format!(
+            "{what} {} is not a directory",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Connects to `addr` (HOST:PORT), trying each address its name resolves to.
+fn connect(addr: &str) -> CliResult<BlobClient> {
+    let addrs = resolve_addr(addr)?;
+    BlobClient::connect(&addrs[..]).map_err(|e| {
+        let tried: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let tried = if tried.len() == 1 && tried[0] == addr {
+            String::new()
+        } else {
+            format!(" ({})", tried.join(", "))
+        };
+        Fail::new(format!(
+            "cannot connect to {addr}{tried}: {e}; is `blobvault serve` running on {addr}? \
+             (the server comes from --server, else ${SERVER_ENV}, else 127.0.0.1:{DEFAULT_PORT})"
+        ))
+    })
 }
 
 fn serve(a: ServeArgs) -> CliResult {
-    let mut conf = Configuration::new();
+    let mut conf = match &a.config {
+        Some(path) => Configuration::load_file(path)?,
+        None => Configuration::new(),
+    };
     for (k, v) in &a.conf {
         conf.set(k, v);
     }
+    let ignored = conf.unknown_keys();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            "ignoring configuration keys blobvault does not read: {} (it reads {})",
+            ignored.join(", "),
+            keys::ALL.join(", ")
+        );
+    }
     let mut config = ServerConfig::from_config(&conf)?;
-    config.bind = a.bind;
-    // `--port` wins over `-D blob.server.port`, which `from_config` has read.
-    if let Some(ports) = a.port {
-        config.ports = ports;
+    config.bind = resolve_bind(&a.bind)?;
+    // `--port` wins over `blob.server.port`, which `from_config` has read; neither: 6124.
+    match a.port {
+        Some(ports) => config.ports = ports,
+        None if conf.get(keys::SERVER_PORT).is_none() => {
+            config.ports = PortRange::single(DEFAULT_PORT)
+        }
+        None => {}
     }
     config.deadlines = crate::config::Deadlines {
         idle: a.idle_timeout,
@@ -269,16 +524,30 @@ fn serve(a: ServeArgs) -> CliResult {
     if let Some(limit) = crate::server::raise_fd_limit(need) {
         tracing::debug!(limit, "descriptor limit");
     }
-    let dir = a.dir.unwrap_or_else(default_data_dir);
+    let dir = absolute(a.dir.unwrap_or_else(default_data_dir));
+    check_dir_arg(&dir, "--dir")?;
     let mut opts = StoreOptions::new(&dir)
         .durable(!a.no_fsync)
         .no_fsync_interval(Duration::from_secs_f64(a.no_fsync_interval))
         .reserve_bytes(a.reserve_mib.saturating_mul(1024 * 1024));
+    if let Some(r) = &a.recovery_dir {
+        check_dir_arg(r, "--recovery-dir")?;
+    }
     if let Some(r) = crate::recovery::from_cli_and_config(a.recovery_dir.as_deref(), &conf)? {
         opts = opts.recovery(r);
     }
-    let store = opts.open()?;
-    let mut server = BlobServer::start(store, config)?;
+    let store = opts.open().map_err(|e| store_fail(e, &dir, Use::Serve))?;
+    let mut server = BlobServer::start(store, config).map_err(|e| match &e {
+        crate::server::ServerError::Bind { source, .. }
+            if source.kind() == io::ErrorKind::AddrInUse =>
+        {
+            Fail::new(format!(
+                "{e}: another process listens there; give another port with --port (0: any \
+                 free one)"
+            ))
+        }
+        _ => Fail::new(e.to_string()),
+    })?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
@@ -294,63 +563,131 @@ fn serve(a: ServeArgs) -> CliResult {
     Ok(())
 }
 
-fn named_id(key: Option<BlobKey>, named: &Named) -> Result<BlobId, Box<dyn std::error::Error>> {
+fn named_id(key: Option<BlobKey>, named: &Named) -> CliResult<BlobId> {
     match (key, &named.job, &named.name) {
         (Some(k), None, None) => Ok(BlobId::Content(k)),
         (None, Some(j), Some(n)) => Ok(BlobId::Named(*j, n.clone())),
-        _ => Err("give either a KEY or --job with --name".into()),
+        _ => Err(Fail::new("give either a KEY or --job with --name")),
     }
 }
 
-fn put(file: PathBuf, target: Target, named: Named) -> CliResult {
-    let input: Box<dyn io::Read> = if file.as_os_str() == "-" {
-        Box::new(io::stdin().lock())
+/// An input that counts its bytes and names its path in read errors.
+struct Input<'a> {
+    inner: Box<dyn Read + 'a>,
+    path: String,
+    read: u64,
+}
+
+impl Read for Input<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self
+            .inner
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", self.path)))?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+fn open_input(file: &Path) -> CliResult<Input<'static>> {
+    let path = file.display().to_string();
+    if file.as_os_str() == "-" {
+        return Ok(Input {
+            inner: Box::new(io::stdin()),
+            path: "stdin".into(),
+            read: 0,
+        });
+    }
+    let f = std::fs::File::open(file).map_err(|e| Fail::new(format!("cannot read {path}: {e}")))?;
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(Fail::new(format!(
+            "cannot read {path}: it is a directory (put stores one file)"
+        )));
+    }
+    Ok(Input {
+        inner: Box::new(f),
+        path,
+        read: 0,
+    })
+}
+
+/// `s` as a shell word (quoted when it needs to be), so that printed flags can be pasted.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
     } else {
-        Box::new(std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?)
-    };
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn put(file: PathBuf, via: Via, named: Named, json: bool) -> CliResult {
+    let mut input = open_input(&file)?;
     let put_target = match (&named.job, &named.name) {
         (Some(j), Some(n)) => PutTarget::Named(*j, n.clone()),
         (None, None) => PutTarget::Content,
-        _ => return Err("a named PUT needs both --job and --name".into()),
+        _ => return Err(Fail::new("a named PUT needs both --job and --name")),
     };
-    let key = match target.server {
-        Some(addr) => {
-            let mut c = BlobClient::connect(addr)?;
+    let key = match via {
+        Via::Server(addr) => {
+            let mut c = connect(&addr)?;
             match &put_target {
-                PutTarget::Content => c.put_reader(input)?,
+                PutTarget::Content => c.put_reader(&mut input)?,
                 PutTarget::Named(j, n) => {
-                    let mut hashing = crate::key::HashingReader::new(input);
+                    let mut hashing = crate::key::HashingReader::new(&mut input);
                     c.put_named_reader(*j, n, &mut hashing)?;
                     hashing.key()
                 }
             }
         }
-        None => open_store(target.dir)?.put_reader(input, put_target)?,
+        Via::Dir(dir) => {
+            check_dir_arg(&dir, "--dir")?;
+            let store = BlobStore::open(&dir).map_err(|e| store_fail(e, &dir, Use::Direct))?;
+            store.put_reader(&mut input, put_target.clone())?
+        }
     };
-    println!("{key}");
+    let size = input.read;
+    let mut out = io::stdout().lock();
+    match (&put_target, json) {
+        (PutTarget::Content, false) => writeln!(out, "{key}")?,
+        (PutTarget::Named(j, n), false) => writeln!(out, "--job {j} --name {}", shell_word(n))?,
+        (PutTarget::Content, true) => writeln!(out, "{{\"key\":\"{key}\",\"size\":{size}}}")?,
+        (PutTarget::Named(j, n), true) => writeln!(
+            out,
+            "{{\"key\":\"{key}\",\"size\":{size},\"job\":\"{j}\",\"name\":{}}}",
+            json_str(n)
+        )?,
+    }
     Ok(())
 }
 
-fn get(key: Option<BlobKey>, target: Target, named: Named, output: Option<PathBuf>) -> CliResult {
+fn get(key: Option<BlobKey>, via: Via, named: Named, output: Option<PathBuf>) -> CliResult {
     let id = named_id(key, &named)?;
     let Some(path) = output else {
         let mut out = io::stdout().lock();
-        fetch(&id, target, &mut out)?;
+        fetch(&id, via, &mut out)?;
         out.flush()?;
         return Ok(());
     };
     // Written beside the target and renamed into place once whole: a failed or cut-short GET
     // leaves no empty or partial FILE behind (and does not clobber one that was there).
-    let file_name = path.file_name().ok_or("-o needs a file name")?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Fail::new(format!("-o {}: needs a file name", path.display())))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".part-{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
+    let named_io = |e: io::Error| Fail::new(format!("cannot write {}: {e}", path.display()));
     let result = (|| -> CliResult {
-        let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
-        fetch(&id, target, &mut out)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        let file = std::fs::File::create(&tmp).map_err(named_io)?;
+        let mut out = io::BufWriter::new(file);
+        fetch(&id, via, &mut out)?;
+        out.into_inner()
+            .map_err(|e| named_io(e.into_error()))?
+            .sync_all()
+            .map_err(named_io)?;
+        std::fs::rename(&tmp, &path).map_err(named_io)?;
         Ok(())
     })();
     if result.is_err() {
@@ -360,65 +697,128 @@ fn get(key: Option<BlobKey>, target: Target, named: Named, output: Option<PathBu
 }
 
 /// Copies blob `id` from a server or a store directory to `out`.
-fn fetch(id: &BlobId, target: Target, out: &mut impl Write) -> CliResult {
-    match target.server {
-        Some(addr) => {
-            let mut c = BlobClient::connect(addr)?;
-            let mut d = match id {
-                BlobId::Content(k) => c.get(*k)?,
-                BlobId::Named(j, n) => c.get_named(*j, n)?,
+fn fetch(id: &BlobId, via: Via, out: &mut impl Write) -> CliResult {
+    let missing = |place: &str| Fail {
+        code: EXIT_NO_SUCH_BLOB,
+        msg: format!("no such blob: {id} (in {place})"),
+    };
+    match via {
+        Via::Server(addr) => {
+            let mut c = connect(&addr)?;
+            let started = match id {
+                BlobId::Content(k) => c.get(*k),
+                BlobId::Named(j, n) => c.get_named(*j, n),
+            };
+            let mut d = match started {
+                Ok(d) => d,
+                // The server's reply for a blob it has not got (PROTOCOL.md §5.4).
+                Err(ClientError::Server { message, .. })
+                    if message == format!("Cannot find required BLOB {id}") =>
+                {
+                    return Err(missing(&format!("the server at {addr}")));
+                }
+                Err(e) => return Err(e.into()),
             };
             io::copy(&mut d, out).map_err(|e| d.error_of(e))?;
         }
-        None => {
-            let store = open_store(target.dir)?;
+        Via::Dir(dir) => {
+            let store = open_existing(&dir, Use::Direct)?;
             let mut r = store
                 .get(id)?
-                .ok_or_else(|| format!("no such blob: {id}"))?;
+                .ok_or_else(|| missing(&format!("the store at {}", dir.display())))?;
             io::copy(&mut r, out)?;
         }
     }
     Ok(())
 }
 
-fn delete(key: Option<BlobKey>, target: Target, named: Named) -> CliResult {
+fn delete(key: Option<BlobKey>, via: Via, named: Named) -> CliResult {
     let what = match (key, named.job, named.name) {
         (Some(k), None, None) => DeleteTarget::Content(k),
         (None, Some(j), Some(n)) => DeleteTarget::Named(j, n),
         (None, Some(j), None) => DeleteTarget::Job(j),
-        _ => return Err("give a KEY, --job with --name, or --job alone".into()),
+        _ => return Err(Fail::new("give a KEY, --job with --name, or --job alone")),
     };
-    match target.server {
-        Some(addr) => {
-            let mut c = BlobClient::connect(addr)?;
+    match via {
+        Via::Server(addr) => {
+            let mut c = connect(&addr)?;
             match what {
                 DeleteTarget::Content(k) => c.delete(k)?,
                 DeleteTarget::Named(j, n) => c.delete_named(j, &n)?,
                 DeleteTarget::Job(j) => c.delete_job(j)?,
             }
         }
-        None => {
-            open_store(target.dir)?.delete(what)?;
+        Via::Dir(dir) => {
+            open_existing(&dir, Use::Direct)?.delete(what)?;
         }
     }
     Ok(())
 }
 
-fn ls(dir: Option<PathBuf>) -> CliResult {
-    let store = open_store(dir)?;
-    let mut out = io::stdout().lock();
-    for e in store.list()? {
-        match &e.id {
-            BlobId::Content(k) => writeln!(out, "{k}\t{}", e.len)?,
-            BlobId::Named(j, n) => writeln!(out, "{}\t{}\t{j}\t{n}", e.key, e.len)?,
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    crate::loadgen::json_str(s)
+}
+
+/// `Some(x)` as a JSON string, `None` as `null`.
+fn json_opt(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "null".into(), |v| json_str(&v.to_string()))
+}
+
+fn ls(dir: StoreDir, json: bool) -> CliResult {
+    let dir = store_dir(dir);
+    let store = open_existing(&dir, Use::Offline)?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let list = store.list()?;
+    if json {
+        write!(
+            out,
+            "{{\"dir\":{},\"blobs\":[",
+            json_str(&dir.display().to_string())
+        )?;
+    }
+    for (i, e) in list.iter().enumerate() {
+        match (&e.id, json) {
+            (BlobId::Content(k), false) => writeln!(out, "{k}\t{}", e.len)?,
+            (BlobId::Named(j, n), false) => writeln!(out, "{}\t{}\t{j}\t{n}", e.key, e.len)?,
+            (id, true) => {
+                let sep = if i == 0 { "" } else { "," };
+                write!(out, "{sep}{{\"key\":\"{}\",\"size\":{}", e.key, e.len)?;
+                if let BlobId::Named(j, n) = id {
+                    write!(out, ",\"job\":\"{j}\",\"name\":{}", json_str(n))?;
+                }
+                write!(out, "}}")?;
+            }
         }
     }
+    if json {
+        writeln!(out, "]}}")?;
+    }
+    out.flush()?;
     Ok(())
 }
 
-fn stat(dir: Option<PathBuf>) -> CliResult {
-    let store = open_store(dir)?;
+fn stat(dir: StoreDir, json: bool) -> CliResult {
+    let dir = store_dir(dir);
+    let store = open_existing(&dir, Use::Offline)?;
     let s = store.stats()?;
+    if json {
+        println!(
+            "{{\"dir\":{},\"content_blobs\":{},\"named_blobs\":{},\"contents\":{},\
+             \"payload_bytes\":{},\"chunks\":{},\"chunk_size\":{},\"file_bytes\":{},\
+             \"log_replay\":{}}}",
+            json_str(&store.dir().display().to_string()),
+            s.content_blobs,
+            s.named_blobs,
+            s.contents,
+            s.payload_bytes,
+            s.chunks,
+            s.chunk_size,
+            s.file_bytes,
+            json_opt(s.log.as_ref())
+        );
+        return Ok(());
+    }
     println!("dir            {}", store.dir().display());
     println!("content blobs  {}", s.content_blobs);
     println!("named blobs    {}", s.named_blobs);
@@ -433,16 +833,39 @@ fn stat(dir: Option<PathBuf>) -> CliResult {
     Ok(())
 }
 
-fn compact(dir: Option<PathBuf>) -> CliResult {
-    let (before, after) = BlobStore::compact(dir.unwrap_or_else(default_data_dir))?;
+fn compact(dir: StoreDir) -> CliResult {
+    let dir = store_dir(dir);
+    require_store(&dir)?;
+    let (before, after) =
+        BlobStore::compact(&dir).map_err(|e| store_fail(e, &dir, Use::Offline))?;
     println!("file bytes     {before} -> {after}");
     Ok(())
 }
 
-fn verify(dir: Option<PathBuf>) -> i32 {
-    let run = || -> Result<bool, Box<dyn std::error::Error>> {
-        let store = open_store(dir)?;
-        let r = store.verify()?;
+fn verify(dir: StoreDir, json: bool) -> CliResult {
+    let dir = store_dir(dir);
+    let store = open_existing(&dir, Use::Offline)?;
+    let r = store.verify()?;
+    let log_lost = r.log.as_ref().is_some_and(|l| l.lost_writes());
+    let clean = r.is_clean() && !log_lost;
+    if json {
+        let damaged: Vec<String> = r
+            .damaged
+            .iter()
+            .map(|d| format!("{{\"key\":\"{}\",\"what\":{}}}", d.key, json_str(&d.what)))
+            .collect();
+        println!(
+            "{{\"clean\":{clean},\"blobs_checked\":{},\"bytes_checked\":{},\"damaged\":[{}],\
+             \"orphan_chunks\":{},\"dangling_names\":{},\"log_replay\":{},\"log_lost_writes\":{}}}",
+            r.blobs_checked,
+            r.bytes_checked,
+            damaged.join(","),
+            r.orphan_chunks,
+            r.dangling_names,
+            json_opt(r.log.as_ref()),
+            log_lost
+        );
+    } else {
         println!(
             "checked {} blobs, {} bytes: {} damaged, {} orphan chunks, {} dangling names",
             r.blobs_checked,
@@ -457,21 +880,27 @@ fn verify(dir: Option<PathBuf>) -> i32 {
         if let Some(log) = &r.log {
             println!("write-ahead log: {log}");
         }
-        let log_lost = r.log.as_ref().is_some_and(|l| l.lost_writes());
-        Ok(r.is_clean() && !log_lost)
-    };
-    match run() {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("blobvault: {e}");
-            2
-        }
+    }
+    if clean {
+        Ok(())
+    } else {
+        Err(Fail::new(format!(
+            "the store at {} has damage or lost writes (see above)",
+            dir.display()
+        )))
     }
 }
 
 fn recovery(cmd: RecoveryCmd) -> CliResult {
-    use crate::recovery::{RecoveryStore, RedbRecoveryStore};
+    use crate::recovery::{RecoveryStore, RedbRecoveryStore, recovery_db_path};
+    let (RecoveryCmd::Ls { recovery_dir } | RecoveryCmd::Purge { recovery_dir }) = &cmd;
+    // Both need an existing recovery store: opening would create an empty one.
+    if !recovery_db_path(recovery_dir).is_file() {
+        return Err(Fail::new(format!(
+            "no recovery store at {} (no blob/recovery.redb in it)",
+            recovery_dir.display()
+        )));
+    }
     match cmd {
         RecoveryCmd::Ls { recovery_dir } => {
             let mut out = io::stdout().lock();
@@ -490,4 +919,54 @@ fn recovery(cmd: RecoveryCmd) -> CliResult {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_32_hex_digits_as_given_or_any_text_hashed_stably() {
+        let hex = "00112233445566778899aabbccddeeff";
+        assert_eq!(parse_job(hex).unwrap().to_string(), hex);
+        let a = parse_job("nightly-etl").unwrap();
+        assert_eq!(a, parse_job("nightly-etl").unwrap());
+        assert_ne!(a, parse_job("nightly-etl2").unwrap());
+        let sha = BlobKey::of(b"nightly-etl").to_string();
+        assert_eq!(a.to_string(), sha[..32]);
+        assert!(parse_job("").is_err());
+    }
+
+    #[test]
+    fn names_print_as_shell_words() {
+        assert_eq!(shell_word("lib/app-1.0.jar"), "lib/app-1.0.jar");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn every_argument_is_described_and_every_command_has_an_example() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str) {
+            for a in cmd.get_arguments() {
+                if a.get_id() == "help" || a.get_id() == "version" {
+                    continue;
+                }
+                assert!(a.get_help().is_some(), "{path}: {} has no help", a.get_id());
+            }
+            let leaf = cmd.get_subcommands().next().is_none();
+            if leaf && path != "blobvault" {
+                let after = cmd
+                    .get_after_help()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                assert!(after.contains("blobvault "), "{path}: no example");
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()));
+            }
+        }
+        walk(&Cli::command(), "blobvault");
+    }
 }

@@ -1,6 +1,6 @@
 //! Configuration: Flink's key names where they exist, and the embedded default location.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where a store lives when none is given: `$BLOBVAULT_DIR`, else `$XDG_DATA_HOME/blobvault`,
 /// else `~/.local/share/blobvault`, else `<temp>/blobvault`.
@@ -18,29 +18,86 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// Flink's configuration keys that blobvault reads.
 pub mod keys {
+    /// Worker threads of a server.
     pub const FETCH_CONCURRENT: &str = "blob.fetch.num-concurrent";
+    /// A server's listen backlog.
     pub const FETCH_BACKLOG: &str = "blob.fetch.backlog";
+    /// `BlobCache`: attempts after the first.
     pub const FETCH_RETRIES: &str = "blob.fetch.retries";
+    /// A server's port or port range.
     pub const SERVER_PORT: &str = "blob.server.port";
+    /// `BlobCache`: the folder holding the cache.
     pub const STORAGE_DIRECTORY: &str = "blob.storage.directory";
+    /// `standalone` or `zookeeper` (recovery on).
     pub const RECOVERY_MODE: &str = "recovery.mode";
+    /// Must be `filesystem` for recovery.
     pub const STATE_BACKEND: &str = "state.backend";
+    /// The recovery directory.
     pub const RECOVERY_PATH: &str = "state.backend.fs.dir.recovery";
+    /// Seconds between library clean-ups.
     pub const CLEANUP_INTERVAL: &str = "library-cache-manager.cleanup.interval";
+
+    /// Every key above: the others of a configuration are ignored (with a warning).
+    pub const ALL: [&str; 9] = [
+        FETCH_CONCURRENT,
+        FETCH_BACKLOG,
+        FETCH_RETRIES,
+        SERVER_PORT,
+        STORAGE_DIRECTORY,
+        RECOVERY_MODE,
+        STATE_BACKEND,
+        RECOVERY_PATH,
+        CLEANUP_INTERVAL,
+    ];
 }
 
-/// A bad configuration value.
+/// The port `blobvault serve` binds when neither `--port` nor `blob.server.port` says otherwise:
+/// the one Flink deployments conventionally pin for the blob server. ([`ServerConfig::default`]
+/// keeps any free port, for embedding and tests.)
+pub const DEFAULT_PORT: u16 = 6124;
+
+/// A bad configuration value, file or address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A value that does not parse.
     #[error("{key}: cannot parse {value:?}: {why}")]
     Invalid {
+        /// The key.
         key: String,
+        /// The value as given.
         value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A configuration file that cannot be read.
+    #[error("cannot read configuration file {}: {why}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        why: String,
+    },
+    /// A line of a configuration file that is not `key: value`.
+    #[error("{}:{line}: {why}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with the line.
+        why: String,
+    },
+    /// An address that is malformed or whose host name does not resolve.
+    #[error("cannot resolve {addr:?}: {why}")]
+    Address {
+        /// The address as given.
+        addr: String,
+        /// Why it does not resolve.
         why: String,
     },
 }
@@ -58,10 +115,71 @@ fn invalid(key: &str, value: &str, why: impl Into<String>) -> ConfigError {
 pub struct Configuration(BTreeMap<String, String>);
 
 impl Configuration {
+    /// An empty configuration.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Reads a Flink `flink-conf.yaml`: see [`parse_yaml`](Self::parse_yaml).
+    pub fn load_file(path: &Path) -> Result<Configuration, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        Self::parse_yaml(&text, path)
+    }
+
+    /// Parses the flat form of a Flink `flink-conf.yaml` (`path` names it in errors): one
+    /// `key: value` a line; blank lines; `#` outside quotes starts a comment (as in Flink, also
+    /// in mid-line); a value in `"…"` (escapes `\"` and `\\`) or `'…'` (`''` for a quote) is
+    /// taken literally. A later line wins over an earlier one with the same key. Anything else
+    /// (a line without `: `, an empty key, an unclosed quote) is an error naming the line:
+    /// Flink skips such lines with a warning, which hides typos.
+    pub fn parse_yaml(text: &str, path: &Path) -> Result<Configuration, ConfigError> {
+        let mut conf = Configuration::new();
+        for (i, raw) in text.lines().enumerate() {
+            let err = |why: &str| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line: i + 1,
+                why: why.to_string(),
+            };
+            let line = strip_comment(raw).trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (key, value) = match line.split_once(": ") {
+                Some((k, v)) => (k.trim(), v.trim()),
+                None => match line.strip_suffix(':') {
+                    Some(k) => (k.trim(), ""),
+                    None => return Err(err("expected `key: value`")),
+                },
+            };
+            if key.is_empty() {
+                return Err(err("empty key"));
+            }
+            conf.set(key, unquote(value).map_err(|why| err(&why))?);
+        }
+        Ok(conf)
+    }
+
+    /// Copies every entry of `other` into this one (`other` wins).
+    pub fn merge(&mut self, other: &Configuration) -> &mut Self {
+        for (k, v) in &other.0 {
+            self.0.insert(k.clone(), v.clone());
+        }
+        self
+    }
+
+    /// The keys blobvault does not read ([`keys::ALL`]), in order.
+    pub fn unknown_keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !keys::ALL.contains(k))
+            .collect()
+    }
+
+    /// Sets `key` to `value`.
     pub fn set(&mut self, key: &str, value: impl ToString) -> &mut Self {
         self.0.insert(key.to_string(), value.to_string());
         self
@@ -72,6 +190,7 @@ impl Configuration {
         self.0.get(key).map(String::as_str)
     }
 
+    /// The trimmed value; `None` when unset or empty.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
     }
@@ -97,7 +216,7 @@ impl Configuration {
     ) -> Result<i64, ConfigError> {
         let v = self.get_at_least(key, min, default)?;
         if v > max {
-            tracing::warn!(key, value = v, max, "value too large; using the maximum");
+            tracing::warn!("{key}={v} is above the maximum {max}; using {max}");
             return Ok(max);
         }
         Ok(v)
@@ -111,11 +230,103 @@ impl Configuration {
     ) -> Result<i64, ConfigError> {
         let v = self.get_i64(key, default)?;
         if v < min {
-            tracing::warn!(key, value = v, default, "invalid value; using the default");
+            tracing::warn!("{key}={v} is below the minimum {min}; using the default {default}");
             return Ok(default);
         }
         Ok(v)
     }
+}
+
+/// `line` without its comment: from the first `#` outside quotes.
+fn strip_comment(line: &str) -> &str {
+    let mut quote = None;
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '#') => return &line[..i],
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    line
+}
+
+/// A value without its quotes, if it has them.
+fn unquote(v: &str) -> Result<String, String> {
+    let unclosed = || format!("unclosed quote in {v}");
+    if let Some(rest) = v.strip_prefix('"') {
+        let inner = rest.strip_suffix('"').ok_or_else(unclosed)?;
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.push(chars.next().ok_or_else(unclosed)?),
+                '"' => return Err(format!("stray quote in {v}")),
+                c => out.push(c),
+            }
+        }
+        return Ok(out);
+    }
+    if let Some(rest) = v.strip_prefix('\'') {
+        let inner = rest.strip_suffix('\'').ok_or_else(unclosed)?;
+        return Ok(inner.replace("''", "'"));
+    }
+    Ok(v.to_string())
+}
+
+/// Resolves `HOST:PORT` (a name, an IPv4 address, or `[IPv6]`) to its addresses, as any network
+/// tool does; a connection tries them in turn.
+pub fn resolve_addr(addr: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let bad = |why: String| ConfigError::Address {
+        addr: addr.to_string(),
+        why,
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected HOST:PORT".into()))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad(format!("{port:?} is not a port number")))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad("no host name".into()));
+    }
+    let found: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("host name {host:?} does not resolve ({e})")))?
+        .collect();
+    if found.is_empty() {
+        return Err(bad(format!("host name {host:?} has no address")));
+    }
+    Ok(found)
+}
+
+/// Resolves a host name or IP address to bind: the first IPv4 address it has, else the first
+/// (so that `localhost` binds 127.0.0.1, which clients try by default).
+pub fn resolve_bind(host: &str) -> Result<IpAddr, ConfigError> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let found: Vec<SocketAddr> = (bare, 0)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Address {
+            addr: host.to_string(),
+            why: format!("host name {bare:?} does not resolve ({e})"),
+        })?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .map(SocketAddr::ip)
+        .ok_or_else(|| ConfigError::Address {
+            addr: host.to_string(),
+            why: format!("host name {bare:?} has no address"),
+        })
 }
 
 /// The ports a server may bind: one, or the first free one of an inclusive range.
@@ -275,5 +486,111 @@ mod tests {
         c.set(keys::FETCH_CONCURRENT, 7).set(keys::FETCH_BACKLOG, 9);
         let s = ServerConfig::from_config(&c).unwrap();
         assert_eq!((s.num_concurrent, s.backlog), (7, 9));
+    }
+
+    fn parse(text: &str) -> Result<Configuration, ConfigError> {
+        Configuration::parse_yaml(text, Path::new("flink-conf.yaml"))
+    }
+
+    #[test]
+    fn a_flink_conf_yaml_reads_as_flink_does() {
+        let c = parse(
+            "# The blob server\n\
+             \n\
+             blob.server.port: 6130\n\
+             blob.fetch.num-concurrent:   16   # workers\n\
+             state.backend.fs.dir.recovery: \"file:///mnt/ha # not a comment\"\n\
+             recovery.mode: 'zoo''keeper'\n\
+             jobmanager.rpc.address: \"a \\\"b\\\" \\\\c\"\n\
+             blob.fetch.backlog:\n\
+             blob.server.port: 6131\n",
+        )
+        .unwrap();
+        assert_eq!(c.get(keys::SERVER_PORT), Some("6131"), "a later line wins");
+        assert_eq!(c.get(keys::FETCH_CONCURRENT), Some("16"));
+        assert_eq!(
+            c.get(keys::RECOVERY_PATH),
+            Some("file:///mnt/ha # not a comment")
+        );
+        assert_eq!(c.get(keys::RECOVERY_MODE), Some("zoo'keeper"));
+        assert_eq!(c.get("jobmanager.rpc.address"), Some(r#"a "b" \c"#));
+        assert_eq!(c.get_raw(keys::FETCH_BACKLOG), Some(""));
+        assert_eq!(c.get(keys::FETCH_BACKLOG), None, "empty means unset");
+        assert_eq!(c.unknown_keys(), ["jobmanager.rpc.address"]);
+    }
+
+    #[test]
+    fn a_bad_line_is_an_error_naming_file_and_line() {
+        for (text, line, why) in [
+            ("a: 1\nblob.server.port 6124\n", 2, "expected `key: value`"),
+            ("\n\n: 5\n", 3, "empty key"),
+            ("a: \"open\n", 1, "unclosed quote"),
+            ("a: 'open\n", 1, "unclosed quote"),
+            ("a: \"x\"y\"\n", 1, "stray quote"),
+        ] {
+            let e = parse(text).unwrap_err();
+            let ConfigError::Syntax {
+                line: l, why: w, ..
+            } = &e
+            else {
+                panic!("{e:?}")
+            };
+            assert_eq!(*l, line, "{text:?}");
+            assert!(w.contains(why), "{text:?}: {w}");
+            assert!(e.to_string().starts_with("flink-conf.yaml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_typo_is_an_unknown_key_and_merge_lets_the_later_win() {
+        let mut c = parse("blob.fetch.num-concurent: 8\nblob.server.port: 1\n").unwrap();
+        assert_eq!(c.unknown_keys(), ["blob.fetch.num-concurent"]);
+        let mut d = Configuration::new();
+        d.set(keys::SERVER_PORT, 2);
+        c.merge(&d);
+        assert_eq!(c.get(keys::SERVER_PORT), Some("2"));
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = Configuration::load_file(Path::new("/nonexistent/flink-conf.yaml")).unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/flink-conf.yaml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn addresses_resolve_host_names_and_say_which_did_not() {
+        let a = resolve_addr("127.0.0.1:6124").unwrap();
+        assert_eq!(a, ["127.0.0.1:6124".parse().unwrap()]);
+        assert_eq!(resolve_addr("[::1]:7").unwrap()[0].port(), 7);
+        let local = resolve_addr("localhost:6124").unwrap();
+        assert!(
+            local
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 6124)
+        );
+        for (bad, says) in [
+            ("localhost", "expected HOST:PORT"),
+            ("localhost:http", "not a port number"),
+            (":6124", "no host name"),
+            (
+                "no-such-host.invalid:6124",
+                "\"no-such-host.invalid\" does not resolve",
+            ),
+        ] {
+            let e = resolve_addr(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(
+            resolve_bind("localhost").unwrap(),
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        );
+        assert_eq!(
+            resolve_bind("::1").unwrap(),
+            "::1".parse::<IpAddr>().unwrap()
+        );
+        assert!(resolve_bind("no-such-host.invalid").is_err());
     }
 }

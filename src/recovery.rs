@@ -106,8 +106,11 @@ impl RedbRecoveryStore {
         faults: FaultSwitch,
     ) -> Result<Arc<RedbRecoveryStore>, RecoveryError> {
         let blob_dir = dir.join("blob");
-        std::fs::create_dir_all(&blob_dir)?;
-        let canon = blob_dir.canonicalize()?;
+        // Errors name the folder: a recovery directory given on a file is a common slip.
+        std::fs::create_dir_all(&blob_dir).map_err(|e| backend_err(&blob_dir, e))?;
+        let canon = blob_dir
+            .canonicalize()
+            .map_err(|e| backend_err(&blob_dir, e))?;
         let mut reg = registry()
             .lock()
             .map_err(|_| backend_err(&canon, "registry poisoned"))?;

@@ -428,7 +428,14 @@ fn out_of_descriptors_refuses_then_recovers_and_still_stops() {
         .arg("-c")
         .arg(r#"ulimit -Sn 128 && ulimit -Hn 128 && exec "$0" "$@""#)
         .arg(env!("CARGO_BIN_EXE_blobvault"))
-        .args(["serve", "-D", "blob.fetch.num-concurrent=2", "--dir"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "-D",
+            "blob.fetch.num-concurrent=2",
+            "--dir",
+        ])
         .arg(dir.path().join("store"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))

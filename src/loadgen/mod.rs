@@ -40,6 +40,7 @@ use rawtcp::raw_tcp;
 use report::format_comparison;
 
 pub use baseline::Baseline;
+pub(crate) use report::json_str;
 pub use report::{PhaseReport, Report, StoreBytes, format_json, format_text};
 pub use workload::{Rng, SizeSpec, blob_bytes, format_size, jar_mix_size, parse_size};
 
@@ -67,9 +68,11 @@ impl Phase {
 /// Options of `blobvault bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Server to load; with none, an in-process server on a temp store is started.
-    #[arg(long)]
-    pub server: Option<std::net::SocketAddr>,
+    /// Server to load, HOST:PORT (a host name or an IP address); with none, an in-process
+    /// server on a temp store is started (BLOBVAULT_SERVER is not read: a bench never loads a
+    /// server by accident).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
     /// Blobs per phase.
     #[arg(long, short = 'n', default_value_t = 10_000)]
     pub count: u64,
@@ -179,6 +182,16 @@ pub fn run_cli(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The address of `server` (HOST:PORT) that accepts a connection: the first of those its name
+/// resolves to, in turn, as any client tries them.
+fn reachable(server: &str) -> Result<std::net::SocketAddr, Box<dyn std::error::Error>> {
+    let addrs = crate::config::resolve_addr(server)?;
+    let probe = std::net::TcpStream::connect(&addrs[..]).map_err(|e| {
+        format!("cannot connect to {server}: {e}; is `blobvault serve` running on {server}?")
+    })?;
+    Ok(probe.peer_addr()?)
+}
+
 /// A temp directory removed when dropped.
 struct TempDir(PathBuf);
 
@@ -239,8 +252,8 @@ fn run_with(
     };
     let mut server = None;
     let mut file_server = None;
-    let addr = match (args.server, baseline) {
-        (Some(a), _) => a,
+    let addr = match (&args.server, baseline) {
+        (Some(a), _) => reachable(a)?,
         (None, Some(b)) => {
             let dir = store_dir.clone().ok_or("no store directory")?;
             let fs = FileServer::start(&dir, b == Baseline::FilesFsync)?;

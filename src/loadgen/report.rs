@@ -182,7 +182,8 @@ pub fn format_text(r: &Report) -> String {
     s
 }
 
-fn json_str(s: &str) -> String {
+/// A JSON string literal (also used by the CLI's `--json` outputs).
+pub(crate) fn json_str(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {

@@ -70,6 +70,9 @@ pub enum StoreError {
     /// at the path given to [`BlobStore::compact`]. Holds the path and the cause.
     #[error("cannot open store at {0}: {1}")]
     Open(PathBuf, String),
+    /// The database file is open in another process (redb locks it: one process at a time).
+    #[error("{} is open in another process (a store is used by one process at a time)", .0.display())]
+    Locked(PathBuf),
     /// redb failed (I/O, corruption, a transaction), or the write-ahead log or a compaction did;
     /// holds the message. Also what every operation of a failed group commit gets for an error
     /// that cannot be cloned (an I/O error, say): its message.
@@ -400,15 +403,23 @@ fn open_db_file_guarded(
     faults: &FaultSwitch,
     guard: Option<Arc<space::Guard>>,
 ) -> Result<Database, StoreError> {
-    let file = redb::backends::FileBackend::new(open_rw(path)?)
-        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))?;
+    let file = redb::backends::FileBackend::new(open_rw(path)?).map_err(|e| open_error(path, e))?;
     let mut backend = faults::FaultyBackend::new(file, faults.clone());
     if let Some(g) = guard {
         backend = backend.with_guard(g);
     }
     builder
         .create_with_backend(backend)
-        .map_err(|e| StoreError::Open(path.to_path_buf(), e.to_string()))
+        .map_err(|e| open_error(path, e))
+}
+
+/// A failed open of the database file at `path`; a lock held elsewhere gets its own variant, so
+/// that callers can say what to do about it.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
+        e => StoreError::Open(path.to_path_buf(), e.to_string()),
+    }
 }
 
 /// Opens a database over a memory image or a simulated disk, through the fault-injecting

@@ -433,7 +433,8 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Starts `blobvault serve ARGS…` and waits for its `listening on` line.
+    /// Starts `blobvault serve ARGS…` (with `--port 0` unless ARGS give a port) and waits for
+    /// its `listening on` line.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> ServeProcess {
         Self::spawn_with(args, std::process::Stdio::null(), &[])
     }
@@ -466,8 +467,19 @@ impl ServeProcess {
         env: &[(&str, &str)],
     ) -> ServeProcess {
         use std::io::BufRead;
+        // `serve` binds 6124 by default; tests never rely on that port being free.
+        let given = |flag: &str| {
+            args.iter()
+                .any(|a| a.as_ref().to_string_lossy().starts_with(flag))
+        };
+        let any_port: &[&str] = if given("--port") || given("-p") || given("blob.server.port") {
+            &[]
+        } else {
+            &["--port", "0"]
+        };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
             .arg("serve")
+            .args(any_port)
             .args(args)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
