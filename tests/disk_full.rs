@@ -363,3 +363,80 @@ fn a_server_killed_before_the_disk_filled_restarts_on_it_with_the_reserve() {
     server.kill();
     verify_cli(&store);
 }
+
+/// On a full disk, a DELETE of a blob that GETs are still streaming frees its chunks only when
+/// those GETs end; that free must give the space back to PUTs as a plain DELETE does.
+#[test]
+fn a_delete_deferred_by_open_gets_frees_its_space_on_a_full_disk() {
+    use std::io::{Read, Write};
+    let fs = Tmpfs::mount(64 << 20);
+    let store = fs.path.join("store");
+    let server = ServeProcess::spawn(&[
+        "--dir".as_ref(),
+        store.as_os_str(),
+        "--min-rate".as_ref(),
+        "0".as_ref(),
+    ]);
+    let mut rng = Rng::new(0xdefe);
+    let mut c = client(&server);
+    let big = rng.bytes(10 << 20);
+    let big_key = c.put(&big).expect("PUT the 10 MiB blob");
+    // Fill the disk (bounded: 64 MiB cannot take more than 64 of these).
+    let mut filled = 0;
+    for _ in 0..64 {
+        match c.put(&rng.bytes(1 << 20)) {
+            Ok(_) => filled += 1,
+            Err(e) => {
+                assert_no_space(&e, &store);
+                break;
+            }
+        }
+    }
+    assert!(filled < 64, "the disk never filled");
+    // Two GETs of the big blob, their replies begun and then left unread.
+    let mut gets: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.addr).expect("connect");
+            let mut req = Vec::new();
+            blobvault::protocol::encode_get(&BlobId::Content(big_key), &mut req);
+            s.write_all(&req).expect("GET");
+            s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            let mut first = [0u8; 5];
+            s.read_exact(&mut first).expect("reply header");
+            assert_eq!(first[0], 0, "GET refused");
+            s
+        })
+        .collect();
+    let mut c = client(&server);
+    c.delete(big_key).expect("DELETE on a full disk");
+    // The GETs finish whole; then their lease ends and the chunks are freed.
+    for s in &mut gets {
+        let mut rest = vec![0u8; big.len()];
+        s.read_exact(&mut rest)
+            .expect("a GET of the deleted blob whole");
+        assert!(rest == big, "a GET of the deleted blob got other bytes");
+    }
+    drop(gets);
+    // 8 MiB of the 10 freed must take PUTs again (bounded; the free follows the GETs' end).
+    let mut c = client(&server);
+    let mut stored = 0u64;
+    for _ in 0..200 {
+        if stored >= 8 << 20 {
+            break;
+        }
+        match c.put(&rng.bytes(256 << 10)) {
+            Ok(_) => stored += 256 << 10,
+            Err(e) => {
+                assert_no_space(&e, &store);
+                c = client(&server);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+    assert!(
+        stored >= 8 << 20,
+        "only {stored} bytes fitted in the 10 MiB a deferred DELETE freed"
+    );
+    server.kill();
+    verify_cli(&store);
+}

@@ -206,12 +206,12 @@ fn out_of_space(
     let mut results: Vec<Option<Result<Outcome, StoreError>>> = ops.iter().map(|_| None).collect();
     let (puts, others): (Vec<usize>, Vec<usize>) =
         (0..ops.len()).partition(|&i| matches!(ops[i], WriteOp::Put { .. }));
-    let mut run = |idx: &[usize], guarded: bool| {
+    let mut run = |idx: &[usize], guarded: bool, released: &[[u8; 20]]| {
         let part: Vec<&WriteOp> = idx.iter().map(|&i| ops[i]).collect();
         // Reopen (after the failure) before arming: the repair and replay may use the reserve.
         let r = shared.db().and_then(|_| {
             space.arm(guarded);
-            let r = commit_direct(shared, &part);
+            let r = commit_direct(shared, &part, released);
             space.arm(false);
             r
         });
@@ -232,17 +232,26 @@ fn out_of_space(
         }
         r
     };
-    if !others.is_empty()
-        && let Ok(outcomes) = run(&others, false)
-        && outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::Count(n) if *n > 0))
-    {
-        space.set_puts_may_fit(true);
+    // Chunks of content deleted during GETs that have ended since are freed with the DELETEs:
+    // space too, and only a durable commit lets redb reuse it.
+    let released = shared.leases.take_released();
+    if !others.is_empty() || !released.is_empty() {
+        match run(&others, false, &released) {
+            Ok(outcomes)
+                if !released.is_empty()
+                    || outcomes
+                        .iter()
+                        .any(|o| matches!(o, Outcome::Count(n) if *n > 0)) =>
+            {
+                space.set_puts_may_fit(true);
+            }
+            Ok(_) => {}
+            Err(_) => shared.leases.requeue(released),
+        }
     }
     if !puts.is_empty() {
         if space.puts_may_fit() {
-            if let Err(e) = run(&puts, true)
+            if let Err(e) = run(&puts, true, &[])
                 && space::is_out_of_space(&e)
             {
                 space.set_puts_may_fit(false);
@@ -260,15 +269,26 @@ fn out_of_space(
 }
 
 /// A durable commit of `ops` that bypasses the write-ahead log.
-fn commit_direct(shared: &Shared, ops: &[&WriteOp]) -> Result<Vec<Outcome>, StoreError> {
-    if ops.iter().all(|op| matches!(op, WriteOp::Barrier { .. })) {
+///
+/// `released` is content whose last GET ended since it was deleted: its chunks are freed in the
+/// same commit (durably, so that redb reuses their pages at once).
+fn commit_direct(
+    shared: &Shared,
+    ops: &[&WriteOp],
+    released: &[[u8; 20]],
+) -> Result<Vec<Outcome>, StoreError> {
+    if released.is_empty()
+        && ops
+            .iter()
+            .all(|op| matches!(op, WriteOp::Barrier { .. } | WriteOp::FreePending))
+    {
         return Ok(ops.iter().map(|_| Outcome::Count(0)).collect());
     }
     let db: Arc<Database> = shared.db()?;
     // Kept until the commit has ended: the keys it frees refuse new leases meanwhile.
     let frees = shared.leases.batch();
     let txn = db.begin_write()?;
-    let outcomes = apply_and_replicate(shared, &txn, ops, &frees, &[])?;
+    let outcomes = apply_and_replicate(shared, &txn, ops, &frees, released)?;
     txn.commit()?;
     drop(frees);
     // A durable commit holds every earlier non-durable one: the log is done with.
