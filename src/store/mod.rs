@@ -529,6 +529,12 @@ impl BlobStore {
             // is written to them: a lost database file would orphan the log's records.
             sync_dir(&opts.dir)?;
             if created_dir && let Some(parent) = opts.dir.parent() {
+                // A relative name's parent is "": the working directory.
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
                 sync_dir(parent)?;
             }
         }
