@@ -29,6 +29,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+mod fsutil;
 pub mod key;
 pub mod library;
 pub mod loadgen;

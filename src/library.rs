@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 
-use crate::cache::{AtomicFile, BLOB_PREFIX, BlobCache, CacheError, CommitError, TEMP_PREFIX};
+use crate::cache::{BLOB_PREFIX, BlobCache, BlobFile, CacheError, CommitError, TEMP_PREFIX};
 use crate::config::{ConfigError, Configuration, keys};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::DeleteTarget;
@@ -230,7 +230,7 @@ impl BlobService for StoreBlobService {
         if path.is_file() {
             return Ok(path);
         }
-        let mut out = AtomicFile::create(&self.dir, key)?;
+        let mut out = BlobFile::create(&self.dir, key)?;
         let mut reader = reader;
         while let Some(chunk) = reader.next_chunk()? {
             out.write(chunk.value())?;

@@ -121,7 +121,7 @@ impl FileLayout {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         if self.fsync {
-            std::fs::File::open(dir)?.sync_all()?;
+            crate::fsutil::sync_dir(dir)?;
         }
         Ok(())
     }
