@@ -332,11 +332,14 @@ pub fn resolve_bind(host: &str) -> Result<IpAddr, ConfigError> {
 /// The ports a server may bind: one, or the first free one of an inclusive range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
+    /// The first port tried (0: any free port).
     pub first: u16,
+    /// The last port tried (inclusive).
     pub last: u16,
 }
 
 impl PortRange {
+    /// Just `port` (0: any free port).
     pub fn single(port: u16) -> Self {
         PortRange {
             first: port,
@@ -379,6 +382,8 @@ pub const MAX_BACKLOG: usize = 65536;
 pub struct ServerConfig {
     /// Address to bind (default 127.0.0.1; the original bound every interface).
     pub bind: IpAddr,
+    /// The port, or the range whose first free port is bound (`blob.server.port`; default 0
+    /// here, any free port; the `serve` command defaults to 6124).
     pub ports: PortRange,
     /// Worker threads: requests served at once (`blob.fetch.num-concurrent`, default 50;
     /// 1..=[`MAX_NUM_CONCURRENT`]). Each worker runs a readiness loop over its share of the

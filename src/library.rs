@@ -55,6 +55,7 @@ impl ExecutionAttemptId {
     /// (Flink's `JOB_ATTEMPT_ID`, `ExecutionAttemptID(-1, -1)`).
     pub const JOB: ExecutionAttemptId = ExecutionAttemptId::from_parts(-1, -1);
 
+    /// The id of Java's `ExecutionAttemptID(lower, upper)`: both longs big-endian, lower first.
     pub const fn from_parts(lower: i64, upper: i64) -> Self {
         let l = lower.to_be_bytes();
         let u = upper.to_be_bytes();
@@ -73,10 +74,12 @@ impl ExecutionAttemptId {
         ExecutionAttemptId(JobId::random().0)
     }
 
+    /// The first long of Java's `ExecutionAttemptID`.
     pub fn lower_part(&self) -> i64 {
         JobId(self.0).lower_part()
     }
 
+    /// The second long of Java's `ExecutionAttemptID`.
     pub fn upper_part(&self) -> i64 {
         JobId(self.0).upper_part()
     }
@@ -97,15 +100,21 @@ impl fmt::Debug for ExecutionAttemptId {
 /// Errors of a [`BlobService`].
 #[derive(Debug, thiserror::Error)]
 pub enum BlobServiceError {
+    /// The worker-side cache could not fetch the blob.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store does not hold the blob.
     #[error("Cannot find required BLOB {0}")]
     NotFound(BlobKey),
+    /// The directory of library files could not be created, listed or written.
     #[error("library directory {path}: {source}")]
     Dir {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
@@ -167,6 +176,8 @@ pub struct StoreBlobService {
 }
 
 impl StoreBlobService {
+    /// Materialises libraries of `store` as files in `dir` (created if missing; files an earlier
+    /// run left there are removed).
     pub fn new(store: BlobStore, dir: impl Into<PathBuf>) -> Result<Self, BlobServiceError> {
         let dir = dir.into();
         let err = |e| BlobServiceError::Dir {
@@ -195,10 +206,12 @@ impl StoreBlobService {
         Self::new(server.store().clone(), dir)
     }
 
+    /// The store the libraries come from.
     pub fn store(&self) -> &BlobStore {
         &self.store
     }
 
+    /// Where the library files are written.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -261,23 +274,36 @@ impl BlobService for StoreBlobService {
 /// Errors of the [`LibraryCacheManager`].
 #[derive(Debug, thiserror::Error)]
 pub enum LibraryError {
+    /// A library of the job could not be had from the [`BlobService`].
     #[error("Cannot get library with hash {key}: {source}")]
     Fetch {
+        /// The library's key.
         key: BlobKey,
+        /// Why.
         #[source]
         source: BlobServiceError,
     },
+    /// A task named a library its job did not register.
     #[error(
         "job {job} is already registered with other libraries: {key} is not among them \
          (a task must use a subset of its job's libraries)"
     )]
-    NotSubset { job: JobId, key: BlobKey },
+    NotSubset {
+        /// The job.
+        job: JobId,
+        /// The library outside the job's set.
+        key: BlobKey,
+    },
+    /// The job has no registration.
     #[error("No libraries are registered for job {0}")]
     NotRegistered(JobId),
+    /// The [`BlobService`] failed otherwise.
     #[error(transparent)]
     Service(#[from] BlobServiceError),
+    /// The periodic clean-up thread could not be started.
     #[error("cannot start the clean-up thread: {0}")]
     Spawn(#[source] io::Error),
+    /// A configuration value (the clean-up interval) is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -435,10 +461,12 @@ impl LibraryCacheManager {
         Self::new(service, Duration::from_secs(secs as u64))
     }
 
+    /// Where the libraries come from.
     pub fn service(&self) -> &Arc<dyn BlobService> {
         &self.shared.service
     }
 
+    /// How often libraries no job or task holds any more are removed.
     pub fn cleanup_interval(&self) -> Duration {
         self.interval
     }
@@ -564,6 +592,8 @@ impl LibraryCacheManager {
             .ok_or(LibraryError::NotRegistered(job))
     }
 
+    /// Whether `job` is registered: some attempt (the job itself or one of its tasks) holds its
+    /// libraries.
     pub fn is_registered(&self, job: JobId) -> bool {
         lock(&self.shared.state).jobs.contains_key(&job)
     }
