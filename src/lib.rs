@@ -49,3 +49,8 @@ pub use library::{
 pub use protocol::{DeleteTarget, PutTarget};
 pub use server::BlobServer;
 pub use store::{BlobStore, StoreError, StoreOptions};
+
+/// The README's Rust examples, compiled and run as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
