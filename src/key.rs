@@ -74,7 +74,7 @@ impl KeyHasher {
 
 /// A reader that hashes what passes through it.
 #[derive(Debug)]
-pub struct HashingReader<R> {
+pub(crate) struct HashingReader<R> {
     inner: R,
     hasher: KeyHasher,
 }

@@ -28,12 +28,18 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+/// The `blobvault` command line (`src/main.rs` calls [`cli::main`]). Not part of the library's
+/// API: it may change in any release.
+#[doc(hidden)]
 pub mod cli;
 pub mod client;
 pub mod config;
 mod fsutil;
 pub mod key;
 pub mod library;
+/// `blobvault bench`, the load generator (also used by `benches/`). Not part of the library's
+/// API: it may change in any release.
+#[doc(hidden)]
 pub mod loadgen;
 pub mod protocol;
 pub mod recovery;

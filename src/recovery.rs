@@ -271,7 +271,7 @@ impl RecoveryStore for RedbRecoveryStore {
 /// A blob missing locally: fetch it from the store's recovery store, keep it locally, and open
 /// it. `Ok(None)` when there is no recovery store or it lacks the blob too. Content fetched by
 /// key is checked against the key before it is kept.
-pub fn read_repair(store: &BlobStore, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
+pub(crate) fn read_repair(store: &BlobStore, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
     let Some(rec) = store.recovery() else {
         return Ok(None);
     };
@@ -310,7 +310,7 @@ pub fn read_repair(store: &BlobStore, id: &BlobId) -> Result<Option<BlobReader>,
 
 /// The recovery mode of Flink's `recovery.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecoveryMode {
+pub(crate) enum RecoveryMode {
     /// `standalone` (the default): no recovery store.
     Standalone,
     /// `zookeeper`: writes replicated to the directory Flink's state-backend keys name.

@@ -7,7 +7,7 @@ use crate::key::BlobKey;
 
 /// The longest error payload the client keeps; the rest is read and dropped (Java stack traces
 /// are about 1 KiB).
-pub const MAX_ERROR_PAYLOAD_KEPT: usize = 64 * 1024;
+pub(crate) const MAX_ERROR_PAYLOAD_KEPT: usize = 64 * 1024;
 
 /// Which reply the client waits for: the protocol's replies are not self-describing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,7 +36,6 @@ pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
 pub use memory::MemoryImage;
 pub use read::{BORROW_AFTER, BlobReader, Chunk, SNAPSHOT_MAX_AGE};
-pub use schema::ContentMeta;
 #[doc(hidden)]
 pub use sim::SimDisk;
 pub use space::{DEFAULT_RESERVE_BYTES, RESERVE_FILE};
