@@ -271,7 +271,10 @@ impl RecoveryStore for RedbRecoveryStore {
 /// A blob missing locally: fetch it from the store's recovery store, keep it locally, and open
 /// it. `Ok(None)` when there is no recovery store or it lacks the blob too. Content fetched by
 /// key is checked against the key before it is kept.
-pub(crate) fn read_repair(store: &BlobStore, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
+pub(crate) fn read_repair(
+    store: &BlobStore,
+    id: &BlobId,
+) -> Result<Option<BlobReader>, StoreError> {
     let Some(rec) = store.recovery() else {
         return Ok(None);
     };

@@ -9,24 +9,10 @@ use blobvault::{BlobClient, BlobId, BlobStore, JobId};
 use crossbeam_channel::unbounded;
 
 mod common;
-use common::ServeProcess as Server;
+use common::{Rng, ServeProcess as Server};
 
 fn start(dir: &Path) -> Server {
     Server::spawn(&[std::ffi::OsStr::new("--dir"), dir.as_os_str()])
-}
-
-/// xorshift: deterministic "random" numbers for sizes and kill points.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 fn verify_cli(dir: &Path) {
@@ -50,25 +36,25 @@ type Acked = Vec<(BlobId, Vec<u8>)>;
 fn sigkill_under_load_loses_no_acknowledged_blob() {
     let dir = tempfile::tempdir().unwrap();
     let acked: Arc<Mutex<Acked>> = Arc::default();
-    let mut rng = Rng(0x5eed);
+    let mut rng = Rng::new(0x5eed);
     for round in 0..4u64 {
         let server = start(dir.path());
-        let kill_after = 20 + (rng.next() % 80) as usize;
+        let kill_after = 20 + (rng.next_u64() % 80) as usize;
         let (ack_tx, ack_rx) = unbounded::<()>();
         let handles: Vec<_> = (0..8u64)
             .map(|t| {
                 let (addr, acked, ack_tx) = (server.addr, acked.clone(), ack_tx.clone());
                 std::thread::spawn(move || {
-                    let mut rng = Rng((round << 32) ^ ((t + 1) * 0x9e37_79b9));
+                    let mut rng = Rng::new((round << 32) ^ ((t + 1) * 0x9e37_79b9));
                     let job = JobId::random();
                     let Ok(mut c) = BlobClient::connect(addr) else {
                         return;
                     };
                     for i in 0.. {
-                        let size = match rng.next() % 10 {
-                            0 => (1 << 20) | (rng.next() % 500_000) as usize,
-                            1..=3 => (rng.next() % 200_000) as usize,
-                            _ => (rng.next() % 8_000) as usize,
+                        let size = match rng.next_u64() % 10 {
+                            0 => (1 << 20) | (rng.next_u64() % 500_000) as usize,
+                            1..=3 => (rng.next_u64() % 200_000) as usize,
+                            _ => (rng.next_u64() % 8_000) as usize,
                         };
                         let data = rng.bytes(size);
                         let id = if i % 3 == 0 {
@@ -132,7 +118,7 @@ impl Read for Source {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = buf.len().min(self.left);
         for b in &mut buf[..n] {
-            *b = self.rng.next() as u8;
+            *b = self.rng.next_u64() as u8;
         }
         self.left -= n;
         self.read += n;
@@ -157,7 +143,7 @@ fn sigkill_during_a_large_put_leaves_nothing_half_written() {
         let h = std::thread::spawn(move || {
             let mut c = BlobClient::connect(addr).unwrap();
             let src = Source {
-                rng: Rng(42),
+                rng: Rng::new(42),
                 left: BIG,
                 read: 0,
                 signal_at,
@@ -192,7 +178,7 @@ fn sigkill_during_a_large_put_leaves_nothing_half_written() {
         store
             .put_reader(
                 Source {
-                    rng: Rng(42),
+                    rng: Rng::new(42),
                     left: BIG,
                     read: 0,
                     signal_at: usize::MAX,
@@ -232,7 +218,7 @@ fn sigkill_with_no_fsync_loses_only_the_last_interval() {
         std::ffi::OsStr::new("--no-fsync"),
     ];
     let server = Server::spawn(&args);
-    let mut rng = Rng(0xf5_1c);
+    let mut rng = Rng::new(0xf5_1c);
     let mut c = BlobClient::connect(server.addr).unwrap();
     // Idle after a burst: the writer's timeout makes them durable.
     let mut acked: Vec<(BlobId, Vec<u8>, Instant)> = Vec::new();
@@ -246,11 +232,11 @@ fn sigkill_with_no_fsync_loses_only_the_last_interval() {
     let (stop_tx, stop_rx) = unbounded::<()>();
     let addr = server.addr;
     let load = std::thread::spawn(move || {
-        let mut rng = Rng(0x10ad);
+        let mut rng = Rng::new(0x10ad);
         let mut c = BlobClient::connect(addr).unwrap();
         let mut acked = Vec::new();
         while stop_rx.try_recv().is_err() {
-            let size = 4_000 + (rng.next() % 60_000) as usize;
+            let size = 4_000 + (rng.next_u64() % 60_000) as usize;
             let data = rng.bytes(size);
             match c.put(&data) {
                 Ok(key) => acked.push((BlobId::Content(key), data, Instant::now())),

@@ -12,6 +12,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+mod common;
+use common::Rng;
+
 use blobvault::store::{BlobStore, LogEnd, SimDisk, StoreOptions};
 use blobvault::{BlobId, BlobKey, DeleteTarget, JobId, PutTarget};
 
@@ -71,47 +74,36 @@ impl Model {
     }
 }
 
-/// xorshift: a deterministic workload.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// `base` bytes and up to `spread` more.
-    fn bytes(&mut self, base: usize, spread: u64) -> Vec<u8> {
-        let n = base + (self.next() % spread.max(1)) as usize;
-        let seed = self.next();
-        (0..n).map(|i| (seed >> (i % 57)) as u8 ^ i as u8).collect()
-    }
+/// `base` bytes and up to `spread` more, from `rng`.
+fn sized(rng: &mut Rng, base: usize, spread: u64) -> Vec<u8> {
+    let n = base + (rng.next_u64() % spread.max(1)) as usize;
+    rng.bytes(n)
 }
 
 fn workload() -> Vec<Step> {
-    let mut rng = Rng(0x5eed_1055);
+    let mut rng = Rng::new(0x5eed_1055);
     let jobs = [JobId::from_parts(1, 1), JobId::from_parts(2, 2)];
     let mut steps = Vec::new();
     let mut keys: Vec<BlobKey> = Vec::new();
     for i in 0..48u64 {
-        let job = jobs[(rng.next() % 2) as usize];
-        let name = format!("lib-{}.jar", rng.next() % 4);
+        let job = jobs[(rng.next_u64() % 2) as usize];
+        let name = format!("lib-{}.jar", rng.next_u64() % 4);
         let step = match i % 12 {
             // Small blobs: the log takes them (up to 64 KiB); together they grow it past its
             // first 1 MiB step.
-            0 | 3 | 6 => Step::Put(PutTarget::Content, rng.bytes(2000, 62_000)),
-            1 | 7 => Step::Put(PutTarget::Named(job, name), rng.bytes(60_000, 0)),
+            0 | 3 | 6 => Step::Put(PutTarget::Content, sized(&mut rng, 2000, 62_000)),
+            1 | 7 => Step::Put(PutTarget::Named(job, name), sized(&mut rng, 60_000, 0)),
             // Large blobs: committed to the database directly (and the log starts over).
-            2 => Step::Put(PutTarget::Content, rng.bytes(200_000, 100_000)),
-            8 => Step::Put(PutTarget::Named(job, name), rng.bytes(150_000, 0)),
+            2 => Step::Put(PutTarget::Content, sized(&mut rng, 200_000, 100_000)),
+            8 => Step::Put(PutTarget::Named(job, name), sized(&mut rng, 150_000, 0)),
             4 | 10 if !keys.is_empty() => {
-                let k = keys[(rng.next() % keys.len() as u64) as usize];
+                let k = keys[(rng.next_u64() % keys.len() as u64) as usize];
                 Step::Delete(DeleteTarget::Content(k))
             }
             5 => Step::Delete(DeleteTarget::Named(job, name)),
             9 => Step::Delete(DeleteTarget::Job(job)),
             11 if i % 24 == 11 => Step::Reopen,
-            _ => Step::Put(PutTarget::Content, rng.bytes(3000, 0)),
+            _ => Step::Put(PutTarget::Content, sized(&mut rng, 3000, 0)),
         };
         if let Step::Put(PutTarget::Content, d) = &step {
             keys.push(BlobKey::of(d));
