@@ -480,13 +480,7 @@ mod tests {
         read_rest(&mut r, &mut out);
         assert!(out == blob);
         drop(r);
-        store.sync().unwrap();
-        let report = store.verify().unwrap();
-        assert!(
-            report.is_clean() && report.pending_chunks == 0,
-            "{report:?}"
-        );
-        assert_eq!(store.stats().unwrap().chunks, 0);
+        assert_all_freed(&store);
     }
 
     /// Deletes `key` the way the writer does, in a transaction of this thread; `between` runs
@@ -604,6 +598,11 @@ mod tests {
             }
             writer.join().unwrap();
         });
+        assert_all_freed(&store);
+    }
+
+    /// Once the writer has caught up, nothing is pending and no chunk is left.
+    fn assert_all_freed(store: &BlobStore) {
         store.sync().unwrap();
         let report = store.verify().unwrap();
         assert!(

@@ -127,13 +127,19 @@ impl LazySync {
             // The commits since the last durable one are lost with the database's reopen, as a
             // crash would lose them.
             tracing::warn!(error = %e, "periodic durable commit (--no-fsync) failed");
-            shared.invalidate();
-            if let Some(space) = &shared.space
-                && space::is_out_of_space(&e)
-            {
-                space.release(&e.to_string());
-            }
+            storage_failed(shared, &e);
         }
+    }
+}
+
+/// After a failed commit outside a batch's own (a checkpoint, a periodic sync): the database is
+/// reopened on next use, and a full disk releases the reserve.
+fn storage_failed(shared: &Shared, e: &StoreError) {
+    shared.invalidate();
+    if let Some(space) = &shared.space
+        && space::is_out_of_space(e)
+    {
+        space.release(&e.to_string());
     }
 }
 
@@ -407,12 +413,7 @@ fn commit_inner(
             if let Err(e) = checkpoint {
                 // The batch is durable in the log; reopening replays it.
                 tracing::warn!(error = %e, "checkpoint of the write-ahead log failed");
-                shared.invalidate();
-                if let Some(space) = &shared.space
-                    && space::is_out_of_space(&e)
-                {
-                    space.release(&e.to_string());
-                }
+                storage_failed(shared, &e);
             }
         }
         None => {
