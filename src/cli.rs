@@ -4,6 +4,7 @@
 
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::config::{
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::store::{BlobStore, DB_FILE, StoreError, StoreOptions};
+use crate::tls::{ClientTlsArgs, ServerTls, ServerTlsFiles};
 use crate::{BlobClient, BlobServer, ClientError};
 
 /// Exit status of a failure.
@@ -74,11 +76,13 @@ struct Target {
     /// in a running server: stop that, or use --server).
     #[arg(long, short = 'd', value_name = "DIR")]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 /// Where a put/get/delete goes, once resolved.
 enum Via {
-    Server(String),
+    Server(String, ClientTlsArgs),
     Dir(PathBuf),
 }
 
@@ -87,12 +91,13 @@ impl Target {
     fn via(self) -> Via {
         match (self.dir, self.server) {
             (Some(d), _) => Via::Dir(absolute(d)),
-            (None, Some(s)) => Via::Server(s),
+            (None, Some(s)) => Via::Server(s, self.tls),
             (None, None) => Via::Server(
                 std::env::var(SERVER_ENV)
                     .ok()
                     .filter(|s| !s.trim().is_empty())
                     .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}")),
+                self.tls,
             ),
         }
     }
@@ -313,6 +318,55 @@ struct ServeArgs {
     /// MiB kept in `<dir>/blobs.reserve` so that DELETEs still work on a full disk (0: none).
     #[arg(long, value_name = "MIB", default_value_t = 8)]
     reserve_mib: u64,
+    /// Serve over TLS with this certificate chain (PEM, leaf first); needs --tls-key. The files
+    /// are re-read when they change or on SIGHUP.
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "CA.pem", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// The server's TLS files from the flags, else the configuration; `None` for plaintext.
+fn serve_tls(a: &ServeArgs, conf: &Configuration) -> CliResult<Option<ServerTlsFiles>> {
+    let key_path = |k: &str| conf.get(k).map(PathBuf::from);
+    let cert = a.tls_cert.clone().or_else(|| key_path(keys::TLS_CERT));
+    let key = a.tls_key.clone().or_else(|| key_path(keys::TLS_KEY));
+    let client_ca = a
+        .tls_client_ca
+        .clone()
+        .or_else(|| key_path(keys::TLS_CLIENT_CA));
+    let on = |k: &str| conf.get(k).map(|v| v.eq_ignore_ascii_case("true"));
+    // Flink: TLS on the blob port when internal TLS is on and the blob service does not opt out.
+    let flink_wants = (on(keys::SSL_INTERNAL_ENABLED) == Some(true)
+        || on(keys::SSL_ENABLED) == Some(true))
+        && on(keys::BLOB_SSL_ENABLED) != Some(false);
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(ServerTlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if !flink_wants && client_ca.is_none() => Ok(None),
+        _ => {
+            let keystore = if conf.get(keys::SSL_INTERNAL_KEYSTORE).is_some() {
+                format!(
+                    " ({} is a Java keystore, which blobvault does not read: export its                      certificate and key as PEM, e.g. with `keytool -importkeystore                      -deststoretype PKCS12` then `openssl pkcs12 -nodes`)",
+                    keys::SSL_INTERNAL_KEYSTORE
+                )
+            } else {
+                String::new()
+            };
+            Err(Fail::new(format!(
+                "TLS needs both a certificate and its key: give --tls-cert and --tls-key (or {}                  and {}){keystore}",
+                keys::TLS_CERT,
+                keys::TLS_KEY
+            )))
+        }
+    }
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
@@ -468,21 +522,35 @@ fn check_dir_arg(dir: &Path, what: &str) -> CliResult {
     Ok(())
 }
 
-/// Connects to `addr` (HOST:PORT), trying each address its name resolves to.
-fn connect(addr: &str) -> CliResult<BlobClient> {
+/// Connects to `addr` (HOST:PORT), trying each address its name resolves to; over TLS if the
+/// flags ask for it.
+fn connect(addr: &str, tls: &ClientTlsArgs) -> CliResult<BlobClient> {
     let addrs = resolve_addr(addr)?;
-    BlobClient::connect(&addrs[..]).map_err(|e| {
-        let tried: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        let tried = if tried.len() == 1 && tried[0] == addr {
-            String::new()
-        } else {
-            format!(" ({})", tried.join(", "))
-        };
-        Fail::new(format!(
-            "cannot connect to {addr}{tried}: {e}; is `blobvault serve` running on {addr}? \
-             (the server comes from --server, else ${SERVER_ENV}, else 127.0.0.1:{DEFAULT_PORT})"
-        ))
-    })
+    let tls = tls
+        .load(Some(crate::tls::host_of(addr)))
+        .map_err(|e| Fail::new(e.to_string()))?;
+    let mut last = None;
+    for a in &addrs {
+        match BlobClient::connect_with(a, tls.as_ref(), None) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.unwrap_or_else(|| io::Error::other("no address"));
+    if tls.is_some() && e.kind() != io::ErrorKind::ConnectionRefused {
+        // A TLS failure: its message says what failed and what to do.
+        return Err(Fail::new(format!("cannot connect to {addr}: {e}")));
+    }
+    let tried: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let tried = if tried.len() == 1 && tried[0] == addr {
+        String::new()
+    } else {
+        format!(" ({})", tried.join(", "))
+    };
+    Err(Fail::new(format!(
+        "cannot connect to {addr}{tried}: {e}; is `blobvault serve` running on {addr}? \
+         (the server comes from --server, else ${SERVER_ENV}, else 127.0.0.1:{DEFAULT_PORT})"
+    )))
 }
 
 fn serve(a: ServeArgs) -> CliResult {
@@ -519,6 +587,11 @@ fn serve(a: ServeArgs) -> CliResult {
         request: a.request_timeout,
     };
     config.max_connections = a.max_connections;
+    if let Some(files) = serve_tls(&a, &conf)? {
+        config.tls = Some(Arc::new(
+            ServerTls::load(files).map_err(|e| Fail::new(e.to_string()))?,
+        ));
+    }
     let workers = config.num_concurrent;
     let need = crate::server::descriptors_needed(a.max_connections, workers);
     if let Some(limit) = crate::server::raise_fd_limit(need) {
@@ -537,7 +610,7 @@ fn serve(a: ServeArgs) -> CliResult {
         opts = opts.recovery(r);
     }
     let store = opts.open().map_err(|e| store_fail(e, &dir, Use::Serve))?;
-    let mut server = BlobServer::start(store, config).map_err(|e| match &e {
+    let server = BlobServer::start(store, config).map_err(|e| match &e {
         crate::server::ServerError::Bind { source, .. }
             if source.kind() == io::ErrorKind::AddrInUse =>
         {
@@ -548,10 +621,8 @@ fn serve(a: ServeArgs) -> CliResult {
         }
         _ => Fail::new(e.to_string()),
     })?;
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
-    })?;
+    let server = Arc::new(server);
+    let stop_rx = handle_signals(&server)?;
     tracing::info!(dir = %dir.display(), "serving store");
     let mut out = io::stdout().lock();
     writeln!(out, "listening on {}", server.local_addr())?;
@@ -559,8 +630,37 @@ fn serve(a: ServeArgs) -> CliResult {
     drop(out);
     let _ = stop_rx.recv();
     tracing::info!("stopping");
-    server.shutdown();
+    // Dropping the last handle shuts it down (the SIGHUP thread holds only a weak one, strong
+    // for the moment of a reload).
+    drop(server);
     Ok(())
+}
+
+/// A thread that turns SIGINT and SIGTERM into a stop (the receiver gets a message) and SIGHUP
+/// into a reload of the TLS files (as daemons do for their certificates).
+fn handle_signals(server: &Arc<BlobServer>) -> CliResult<crossbeam_channel::Receiver<()>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let server = Arc::downgrade(server);
+    std::thread::Builder::new()
+        .name("blobvault-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig != SIGHUP {
+                    let _ = stop_tx.try_send(());
+                    continue;
+                }
+                let Some(s) = server.upgrade() else { return };
+                match s.reload_tls() {
+                    Ok(true) => {}
+                    Ok(false) => tracing::info!("SIGHUP: TLS is off; nothing to reload"),
+                    Err(e) => tracing::error!(error = %e,
+                        "SIGHUP: TLS certificates cannot be reloaded; keeping the previous ones"),
+                }
+            }
+        })?;
+    Ok(stop_rx)
 }
 
 fn named_id(key: Option<BlobKey>, named: &Named) -> CliResult<BlobId> {
@@ -629,8 +729,8 @@ fn put(file: PathBuf, via: Via, named: Named, json: bool) -> CliResult {
         _ => return Err(Fail::new("a named PUT needs both --job and --name")),
     };
     let key = match via {
-        Via::Server(addr) => {
-            let mut c = connect(&addr)?;
+        Via::Server(addr, tls) => {
+            let mut c = connect(&addr, &tls)?;
             match &put_target {
                 PutTarget::Content => c.put_reader(&mut input)?,
                 PutTarget::Named(j, n) => {
@@ -703,8 +803,8 @@ fn fetch(id: &BlobId, via: Via, out: &mut impl Write) -> CliResult {
         msg: format!("no such blob: {id} (in {place})"),
     };
     match via {
-        Via::Server(addr) => {
-            let mut c = connect(&addr)?;
+        Via::Server(addr, tls) => {
+            let mut c = connect(&addr, &tls)?;
             let started = match id {
                 BlobId::Content(k) => c.get(*k),
                 BlobId::Named(j, n) => c.get_named(*j, n),
@@ -740,8 +840,8 @@ fn delete(key: Option<BlobKey>, via: Via, named: Named) -> CliResult {
         _ => return Err(Fail::new("give a KEY, --job with --name, or --job alone")),
     };
     match via {
-        Via::Server(addr) => {
-            let mut c = connect(&addr)?;
+        Via::Server(addr, tls) => {
+            let mut c = connect(&addr, &tls)?;
             match what {
                 DeleteTarget::Content(k) => c.delete(k)?,
                 DeleteTarget::Named(j, n) => c.delete_named(j, &n)?,

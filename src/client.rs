@@ -14,6 +14,7 @@ use crate::key::{BlobId, BlobKey, JobId, KeyHasher, check_name};
 use crate::protocol::{
     self, DeleteTarget, Expect, MAX_CHUNK, ProtocolError, PutTarget, ResponseDecoder, ResponseEvent,
 };
+use crate::tls::{ClientTls, Stream};
 
 /// Errors of [`BlobClient`].
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +110,7 @@ const WRITE_BUF: usize = 256 * 1024;
 /// One connection to a BLOB server, carrying any number of requests in sequence.
 #[derive(Debug)]
 pub struct BlobClient {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     addr: SocketAddr,
     out: Vec<u8>,
     rbuf: Box<[u8]>,
@@ -120,22 +121,51 @@ pub struct BlobClient {
 impl BlobClient {
     /// Connects (with TCP_NODELAY on: a request is written whole, so Nagle only adds delay).
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<BlobClient> {
-        Self::connect_stream(TcpStream::connect(addr)?)
+        Self::connect_stream(Stream::Plain(TcpStream::connect(addr)?))
     }
 
     /// Connects with a timeout on the connect and on every read and write.
     pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<BlobClient> {
-        let stream = TcpStream::connect_timeout(addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
+        Self::connect_with(addr, None, Some(timeout))
+    }
+
+    /// Connects over TLS (the server's certificate checked against `tls`'s CA, by the name it
+    /// was given or else `addr`'s IP address), with an optional timeout on the connect, the
+    /// handshake and every read and write. The handshake runs here: a server that cannot be
+    /// trusted fails the connect, with the reason and what to do.
+    pub fn connect_tls(
+        addr: &SocketAddr,
+        tls: &ClientTls,
+        timeout: Option<Duration>,
+    ) -> io::Result<BlobClient> {
+        Self::connect_with(addr, Some(tls), timeout)
+    }
+
+    /// Connects in plaintext or, given `tls`, over TLS (see [`connect_tls`](Self::connect_tls)).
+    pub fn connect_with(
+        addr: &SocketAddr,
+        tls: Option<&ClientTls>,
+        timeout: Option<Duration>,
+    ) -> io::Result<BlobClient> {
+        let tcp = match timeout {
+            Some(t) => TcpStream::connect_timeout(addr, t)?,
+            None => TcpStream::connect(addr)?,
+        };
+        tcp.set_read_timeout(timeout)?;
+        tcp.set_write_timeout(timeout)?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match tls {
+            Some(t) => t.connect(tcp, addr)?,
+            None => Stream::Plain(tcp),
+        };
         let mut c = Self::connect_stream(stream)?;
         c.addr = *addr;
         Ok(c)
     }
 
-    fn connect_stream(stream: TcpStream) -> io::Result<BlobClient> {
-        let _ = stream.set_nodelay(true);
-        let addr = stream.peer_addr()?;
+    fn connect_stream(stream: Stream) -> io::Result<BlobClient> {
+        let _ = stream.tcp().set_nodelay(true);
+        let addr = stream.tcp().peer_addr()?;
         Ok(BlobClient {
             stream: Some(stream),
             addr,
@@ -269,7 +299,7 @@ impl BlobClient {
         self.send_delete(DeleteTarget::Job(job))
     }
 
-    fn stream(&mut self) -> Result<&mut TcpStream, ClientError> {
+    fn stream(&mut self) -> Result<&mut Stream, ClientError> {
         self.stream.as_mut().ok_or(ClientError::NotConnected)
     }
 

@@ -41,9 +41,24 @@ pub mod keys {
     pub const RECOVERY_PATH: &str = "state.backend.fs.dir.recovery";
     /// Seconds between library clean-ups.
     pub const CLEANUP_INTERVAL: &str = "library-cache-manager.cleanup.interval";
+    /// Flink 1.x: TLS for the cluster's internal connections (with [`BLOB_SSL_ENABLED`]).
+    pub const SSL_INTERNAL_ENABLED: &str = "security.ssl.internal.enabled";
+    /// Flink 1.x's older switch for the same.
+    pub const SSL_ENABLED: &str = "security.ssl.enabled";
+    /// Flink 1.x: TLS on the blob port when TLS is on (default true).
+    pub const BLOB_SSL_ENABLED: &str = "blob.service.ssl.enabled";
+    /// Flink's Java keystore for internal TLS: not read (blobvault takes PEM files); named so
+    /// that its presence is refused with advice rather than ignored.
+    pub const SSL_INTERNAL_KEYSTORE: &str = "security.ssl.internal.keystore";
+    /// blobvault: the server's certificate chain, PEM (as `--tls-cert`).
+    pub const TLS_CERT: &str = "blobvault.tls.cert";
+    /// blobvault: its private key, PEM (as `--tls-key`).
+    pub const TLS_KEY: &str = "blobvault.tls.key";
+    /// blobvault: CA certificates clients must present a certificate of (as `--tls-client-ca`).
+    pub const TLS_CLIENT_CA: &str = "blobvault.tls.client-ca";
 
     /// Every key above: the others of a configuration are ignored (with a warning).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 16] = [
         FETCH_CONCURRENT,
         FETCH_BACKLOG,
         FETCH_RETRIES,
@@ -53,6 +68,13 @@ pub mod keys {
         STATE_BACKEND,
         RECOVERY_PATH,
         CLEANUP_INTERVAL,
+        SSL_INTERNAL_ENABLED,
+        SSL_ENABLED,
+        BLOB_SSL_ENABLED,
+        SSL_INTERNAL_KEYSTORE,
+        TLS_CERT,
+        TLS_KEY,
+        TLS_CLIENT_CA,
     ];
 }
 
@@ -397,6 +419,9 @@ pub struct ServerConfig {
     /// Most connections open at once; one more is accepted and closed at once (with a warning),
     /// so that a flood cannot exhaust the process's descriptors. Each costs one descriptor.
     pub max_connections: usize,
+    /// Serve the protocol inside TLS (with client certificates required if it has a client
+    /// CA); `None` (default) is plaintext, which the original Java client speaks.
+    pub tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 }
 
 /// How long a peer may take: every request (header, body and reply) has a total deadline and a
@@ -446,6 +471,7 @@ impl Default for ServerConfig {
             backlog: 1000,
             deadlines: Deadlines::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            tls: None,
         }
     }
 }

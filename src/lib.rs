@@ -45,6 +45,7 @@ pub mod protocol;
 pub mod recovery;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use cache::{BlobCache, CacheError, CacheOptions, CachedBlob};
 pub use client::{BlobClient, ClientError};

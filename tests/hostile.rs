@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,110 +11,7 @@ use blobvault::protocol;
 use blobvault::{BlobClient, BlobId, BlobKey};
 
 mod common;
-use common::ServeProcess;
-
-/// `blobvault serve` with its log in a file, over a store in a temp dir. Field order: the
-/// server stops before the dir goes.
-struct Server {
-    proc: ServeProcess,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn spawn(args: &[&str]) -> Server {
-        Self::spawn_env(args, &[])
-    }
-
-    /// Like [`spawn`](Self::spawn), with `env` set for the server process.
-    fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("server.log");
-        let store = dir.path().join("store");
-        let mut all = vec!["--dir", store.to_str().expect("utf-8 temp path")];
-        all.extend_from_slice(args);
-        let proc = ServeProcess::spawn_logging_env(&all, &log, env);
-        Server {
-            addr: proc.addr,
-            proc,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.child.id()
-    }
-
-    fn count(&self, what: &str) -> usize {
-        std::fs::read_dir(format!("/proc/{}/{what}", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    fn threads(&self) -> usize {
-        self.count("task")
-    }
-
-    fn fds(&self) -> usize {
-        self.count("fd")
-    }
-
-    fn log_text(&self) -> String {
-        // The log may hold bytes of peers' input in error messages, and colour codes.
-        let text =
-            String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned();
-        strip_ansi(&text)
-    }
-
-    /// Waits (bounded) until the log has a line containing every one of `parts`.
-    fn wait_for_log(&self, parts: &[&str], within: Duration) -> String {
-        wait_until(within, || {
-            self.log_text()
-                .lines()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| panic!("no log line with {parts:?}:\n{}", self.log_text()))
-    }
-
-    fn client(&self) -> BlobClient {
-        BlobClient::connect_timeout(&self.addr, Duration::from_secs(30)).expect("connect")
-    }
-}
-
-/// `text` without ANSI colour sequences (ESC [ … m).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Polls `f` every 20 ms until it yields something or `within` passes.
-fn wait_until<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::logged::{Server, strip_ansi, wait_until};
 
 /// PUT then GET of a fresh blob on a new connection; returns how long it took.
 fn put_get(srv: &Server, tag: &str) -> Duration {

@@ -86,7 +86,8 @@ pub(super) fn fetch(
 /// One attempt: a new connection, a GET, the body into a temp file, then the rename.
 fn attempt_once(opts: &CacheOptions, key: &BlobKey, addr: SocketAddr) -> Result<u64, AttemptError> {
     let remote = |e: &dyn std::fmt::Display| AttemptError::Remote(e.to_string());
-    let mut client = BlobClient::connect_timeout(&addr, opts.timeout).map_err(|e| remote(&e))?;
+    let mut client = BlobClient::connect_with(&addr, opts.tls.as_ref(), Some(opts.timeout))
+        .map_err(|e| remote(&e))?;
     let mut dl = client.get(*key).map_err(|e| remote(&e))?;
     let len = dl.len();
     let mut file = BlobFile::create(&opts.dir, key).map_err(AttemptError::Local)?;

@@ -38,6 +38,9 @@ pub struct CacheOptions {
     /// Re-hash every existing blob file on open and drop the ones that do not match (default
     /// true). Off: files named `blob_<hex>` are trusted as they are.
     pub verify_on_open: bool,
+    /// Download over TLS, trusting the servers this configuration trusts (and presenting its
+    /// client certificate, for servers that require one); `None` (default) is plaintext.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl CacheOptions {
@@ -52,6 +55,7 @@ impl CacheOptions {
             timeout: Duration::from_secs(60),
             capacity: None,
             verify_on_open: true,
+            tls: None,
         }
     }
 

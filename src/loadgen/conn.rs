@@ -11,12 +11,13 @@ use crate::protocol::{
     self, CONTENT_ADDRESSABLE, DeleteTarget, Expect, MAX_CHUNK, NAME_ADDRESSABLE, PUT_OPERATION,
     PutTarget, ResponseDecoder, ResponseEvent,
 };
+use crate::tls::{ClientTls, Stream};
 
 pub(super) const CLIENT_BUF: usize = 256 * 1024;
 
 /// The generator's client: the sans-IO codec over a socket, without hashing by default.
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     java: bool,
     out: Vec<u8>,
     piece: Vec<u8>,
@@ -33,13 +34,21 @@ enum Reply {
 }
 
 impl Conn {
-    pub(super) fn connect(addr: SocketAddr, java: bool) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr)?;
+    pub(super) fn connect(
+        addr: SocketAddr,
+        java: bool,
+        tls: Option<&ClientTls>,
+    ) -> io::Result<Conn> {
+        let tcp = TcpStream::connect(addr)?;
         if !java {
-            stream.set_nodelay(true)?;
+            tcp.set_nodelay(true)?;
         }
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(120)))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(120)))?;
+        let stream = match tls {
+            Some(t) => t.connect(tcp, &addr)?,
+            None => Stream::Plain(tcp),
+        };
         Ok(Conn {
             stream,
             java,

@@ -134,6 +134,9 @@ pub struct BenchArgs {
     /// layout: `cache/blob_<hex>`) and show both side by side.
     #[arg(long, value_enum)]
     pub compare: Option<Baseline>,
+    /// TLS to the server (`--server` only).
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
     /// Print the report as JSON on stdout (the text report then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -328,6 +331,13 @@ fn run_with(
         java: args.java_client,
         verify: args.verify,
         sizes,
+        tls: match &args.server {
+            Some(s) => args.tls.load(Some(crate::tls::host_of(s)))?,
+            None if args.tls.tls_ca.is_some() => {
+                return Err("--tls-ca needs --server: the in-process server is plaintext".into());
+            }
+            None => None,
+        },
     };
     let mut workers: Vec<Worker> = (0..args.connections)
         .map(|c| Worker {
@@ -435,6 +445,7 @@ struct Plan {
     java: bool,
     verify: bool,
     sizes: Vec<u64>,
+    tls: Option<crate::tls::ClientTls>,
 }
 
 impl Plan {
@@ -565,7 +576,7 @@ fn run_phase(
             move |start: &Barrier| {
                 // Connect before the clock starts: a phase measures requests, not handshakes.
                 if w.conn.is_none() {
-                    w.conn = Conn::connect(plan.addr, plan.java).ok();
+                    w.conn = Conn::connect(plan.addr, plan.java, plan.tls.as_ref()).ok();
                 }
                 start.wait();
                 work(plan, w, phase, rounds, progress)
@@ -609,7 +620,7 @@ fn work(plan: &Plan, w: &mut Worker, phase: Phase, rounds: u32, progress: &Progr
             let start = Instant::now();
             let r = (|| -> io::Result<u64> {
                 if w.conn.is_none() {
-                    w.conn = Some(Conn::connect(plan.addr, plan.java)?);
+                    w.conn = Some(Conn::connect(plan.addr, plan.java, plan.tls.as_ref())?);
                 }
                 let Some(c) = w.conn.as_mut() else {
                     return Err(io::Error::other("not connected"));

@@ -8,6 +8,7 @@
 
 mod reactor;
 mod session;
+mod tls;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -42,6 +43,8 @@ pub enum ServerError {
 
 /// Pause after a failed accept (out of descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a TLS server looks at its certificate files for changes.
+const TLS_FILE_CHECK: Duration = Duration::from_secs(1);
 /// Least time between two warnings about refused connections.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -87,6 +90,7 @@ impl BlobServer {
             deadlines: config.deadlines,
             shutdown: AtomicBool::new(false),
             open: AtomicUsize::new(0),
+            tls: config.tls.clone(),
         });
         let mut handles = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
@@ -113,7 +117,12 @@ impl BlobServer {
                 .spawn(move || acceptor.run(&shared, &handles, &drop_next))?
         };
         check_fd_limit(descriptors_needed(config.max_connections, workers));
-        tracing::info!(%addr, workers, backlog, max_connections = config.max_connections,
+        let tls = match &config.tls {
+            None => "off",
+            Some(t) if t.mutual() => "mutual (client certificates required)",
+            Some(_) => "on",
+        };
+        tracing::info!(%addr, workers, backlog, max_connections = config.max_connections, tls,
             "BLOB server listening");
         Ok(BlobServer {
             shared,
@@ -163,6 +172,24 @@ impl BlobServer {
             {
                 break;
             }
+        }
+    }
+
+    /// Whether connections are served inside TLS.
+    pub fn tls_on(&self) -> bool {
+        self.shared.tls.is_some()
+    }
+
+    /// Re-reads the TLS certificate, key and client CA (the server also does so by itself when
+    /// the files change). New connections use them; on failure the previous ones stay, and the
+    /// error says which file is at fault. `Ok(false)` when TLS is off.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.shared.tls {
+            Some(t) => t.reload().map(|()| {
+                tracing::info!("TLS certificates reloaded");
+                true
+            }),
+            None => Ok(false),
         }
     }
 
@@ -254,8 +281,23 @@ impl Acceptor {
 
     fn run(mut self, shared: &Shared, handles: &[Handle], drop_next: &AtomicUsize) {
         let mut events = mio::Events::with_capacity(16);
+        // With TLS, the loop wakes now and then to see whether the certificates changed.
+        let timeout = shared.tls.as_ref().map(|_| TLS_FILE_CHECK);
+        let mut next_check = Instant::now() + TLS_FILE_CHECK;
         while !shared.shutdown.load(Ordering::SeqCst) {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            if let Some(tls) = &shared.tls
+                && Instant::now() >= next_check
+            {
+                next_check = Instant::now() + TLS_FILE_CHECK;
+                match tls.reload_if_changed() {
+                    Ok(true) => tracing::info!("TLS certificate files changed; reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e,
+                        "TLS certificate files changed but cannot be used; keeping the previous \
+                         ones until they are fixed"),
+                }
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }

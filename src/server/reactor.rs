@@ -15,8 +15,10 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::session::{Close, Flushed, Overdue, Session};
+use super::tls::{self, Tls, TlsFailure};
 use crate::config::Deadlines;
 use crate::store::BlobStore;
+use crate::tls::ServerTls;
 
 /// The waker's token; connections use their slot index.
 const WAKE: Token = Token(usize::MAX);
@@ -42,6 +44,8 @@ pub(super) struct Shared {
     pub shutdown: AtomicBool,
     /// Connections open, in all workers.
     pub open: AtomicUsize,
+    /// With TLS on: the configuration each new connection takes.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// Messages to a worker (each followed by a wake).
@@ -79,6 +83,9 @@ enum Phase {
 
 struct Conn {
     stream: TcpStream,
+    /// TLS between the socket and the session, when the server has it on.
+    tls: Option<Box<Tls>>,
+    accepted: Instant,
     peer: String,
     session: Session,
     phase: Phase,
@@ -287,11 +294,27 @@ impl Worker {
             self.forget();
             return;
         }
+        let tls = match &self.shared.tls {
+            None => None,
+            Some(t) => match Tls::new(t.config()) {
+                Ok(tls) => Some(Box::new(tls)),
+                Err(e) => {
+                    tracing::error!(%peer, error = %e, "cannot start TLS; closing connection");
+                    let _ = self.poll.registry().deregister(&mut stream);
+                    self.free.push(slot);
+                    self.forget();
+                    return;
+                }
+            },
+        };
         tracing::debug!(%peer, "connection opened");
+        let now = Instant::now();
         self.conns[slot] = Some(Conn {
             stream,
+            tls,
+            accepted: now,
             peer: peer.to_string(),
-            session: Session::new(Instant::now()),
+            session: Session::new(now),
             phase: Phase::Open,
             watch_writes: false,
             read_closed: false,
@@ -376,6 +399,18 @@ impl Worker {
                 }
                 continue;
             }
+            if c.tls.as_ref().is_some_and(|t| t.is_handshaking())
+                && now.saturating_duration_since(c.accepted) >= d.header
+            {
+                tracing::warn!(
+                    peer = c.peer,
+                    "TLS handshake not complete within {:?} (the header timeout); connection \
+                     cut off",
+                    d.header
+                );
+                self.close(slot);
+                continue;
+            }
             if c.session.sending() {
                 c.session.peer_took(send_queue(&c.stream), now);
             }
@@ -390,7 +425,12 @@ impl Worker {
                     let msg = format!("connection closed by the server: {why}");
                     if let Some(reply) = c.session.cut_off_reply(&msg) {
                         // One try: a peer this slow may not take it.
-                        let _ = io::Write::write(&mut c.stream, reply);
+                        match &mut c.tls {
+                            Some(t) => t.write_once(&mut c.stream, reply),
+                            None => {
+                                let _ = io::Write::write(&mut c.stream, reply);
+                            }
+                        }
                         let _ = c.stream.shutdown(Shutdown::Both);
                     } else {
                         // A reply half-sent: reset, so the kernel drops the queue at once
@@ -416,10 +456,30 @@ impl Conn {
             if let Phase::Draining { until, drained } = &mut self.phase {
                 return drain(&mut self.stream, buf, until, drained);
             }
-            match self
-                .session
-                .flush(&mut self.stream, &self.peer, &mut budget, now)
-            {
+            let flushed = match &mut self.tls {
+                Some(t) => self.session.flush(
+                    &mut t.writer(&mut self.stream),
+                    &self.peer,
+                    &mut budget,
+                    now,
+                ),
+                None => self
+                    .session
+                    .flush(&mut self.stream, &self.peer, &mut budget, now),
+            };
+            let flushed = match (flushed, &mut self.tls) {
+                // The session's bytes are out of it; TLS may still hold some for the socket.
+                (Ok(Flushed::Drained), Some(t)) => match t.send(&mut self.stream) {
+                    Ok(true) => Ok(Flushed::Drained),
+                    Ok(false) => Ok(Flushed::Blocked),
+                    Err(e) => {
+                        tracing::debug!(peer = self.peer, error = %e, "write failed");
+                        Err(Close::Quiet)
+                    }
+                },
+                (r, _) => r,
+            };
+            match flushed {
                 Ok(Flushed::Drained) => {}
                 Ok(Flushed::Blocked) => return Turn::WaitWritable,
                 Ok(Flushed::Budget) => return Turn::Again,
@@ -430,6 +490,9 @@ impl Conn {
                 Err(close) => return self.end(close),
             }
             if let Phase::Flushing = self.phase {
+                if let Some(t) = &mut self.tls {
+                    t.close_notify(&mut self.stream);
+                }
                 let _ = self.stream.shutdown(Shutdown::Write);
                 self.phase = Phase::Draining {
                     until: now + DRAIN_TIME,
@@ -453,27 +516,55 @@ impl Conn {
             if socket_empty && !self.read_closed {
                 return Turn::Wait;
             }
-            let n = match self.stream.read(buf) {
+            let read = match &mut self.tls {
+                Some(t) => t.read(&mut self.stream, buf),
+                None => self.stream.read(buf),
+            };
+            let n = match read {
                 Ok(0) => {
                     let close = self.session.eof();
                     return self.end(close);
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Turn::Wait,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!(peer = self.peer, error = %e, "read failed");
-                    return Turn::Close;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A handshake reply the socket did not take yet.
+                    if self.tls.as_ref().is_some_and(|t| t.wants_write()) {
+                        return Turn::WaitWritable;
+                    }
+                    return Turn::Wait;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.read_failed(&e),
             };
             budget = budget.saturating_sub(n);
-            socket_empty = n < buf.len();
+            // Through TLS a short read says nothing of the socket: read on until it blocks.
+            socket_empty = self.tls.is_none() && n < buf.len();
             if let Err(close) = self.session.receive(store, &self.peer, &buf[..n], now) {
                 return self.end(close);
             }
             // Half a request: its sender may be waiting for our ACK before it sends the rest.
             if self.session.mid_request() {
                 quick_ack(&self.stream);
+            }
+        }
+    }
+
+    fn read_failed(&mut self, e: &io::Error) -> Turn {
+        match tls::failure(e) {
+            Some(f @ TlsFailure::NotTls(_)) => {
+                // Most likely a plaintext BLOB client: it gets the reason as an error reply,
+                // in plaintext.
+                let msg = f.to_string();
+                self.tls = None;
+                self.end(Close::Error(msg))
+            }
+            Some(f) => {
+                tracing::warn!(peer = self.peer, error = %f, "TLS connection refused; closed");
+                Turn::Close
+            }
+            None => {
+                tracing::debug!(peer = self.peer, error = %e, "read failed");
+                Turn::Close
             }
         }
     }

@@ -1,0 +1,195 @@
+//! One connection's TLS, driven by the readiness loop without ever blocking: rustls's
+//! `ServerConnection` sits between the socket and the session, which sees plaintext only. The
+//! handshake runs inside the reads; the reactor bounds it by the header deadline.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::{ServerConfig, ServerConnection};
+
+/// Encrypted bytes held for the socket before a write is refused with `WouldBlock`: a GET moves
+/// through TLS in pieces of this size (the reactor's turn budget still applies on top).
+const TLS_BUFFER: usize = 256 * 1024;
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello).
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Why a TLS connection failed, carried inside an `io::Error` so that the reactor can log it as
+/// what it is.
+#[derive(Debug)]
+pub(super) enum TlsFailure {
+    /// The peer's first byte is not a TLS record: a plaintext client on a TLS port.
+    NotTls(u8),
+    /// rustls refused the peer: a bad or missing certificate, a protocol error.
+    Refused {
+        /// During the handshake (else mid-connection).
+        handshake: bool,
+        /// rustls's reason.
+        error: rustls::Error,
+    },
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsFailure::NotTls(b) => write!(
+                f,
+                "this port requires TLS, but the peer sent plaintext (first byte {b:#04x}): \
+                 connect with TLS (blobvault's client commands: --tls-ca CA.pem)"
+            ),
+            TlsFailure::Refused {
+                handshake: true,
+                error,
+            } => write!(f, "TLS handshake refused: {error}"),
+            TlsFailure::Refused { error, .. } => write!(f, "TLS error: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsFailure {}
+
+/// The TLS failure an I/O error carries, if it is one.
+pub(super) fn failure(e: &io::Error) -> Option<&TlsFailure> {
+    e.get_ref()?.downcast_ref::<TlsFailure>()
+}
+
+/// A connection's TLS state.
+pub(super) struct Tls {
+    conn: ServerConnection,
+    /// Whether the peer's first byte has been looked at.
+    checked: bool,
+}
+
+impl Tls {
+    pub(super) fn new(config: Arc<ServerConfig>) -> Result<Tls, rustls::Error> {
+        let mut conn = ServerConnection::new(config)?;
+        conn.set_buffer_limit(Some(TLS_BUFFER));
+        Ok(Tls {
+            conn,
+            checked: false,
+        })
+    }
+
+    pub(super) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Encrypted bytes wait for the socket.
+    pub(super) fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Plaintext from the peer, as `Read::read` on a nonblocking socket would give it: `Ok(0)`
+    /// at the end of the stream (with or without the peer's close_notify: the protocol frames
+    /// its own messages, so a cut is seen there), `WouldBlock` when the socket is empty. Runs the
+    /// handshake on the way, sending its replies.
+    pub(super) fn read(&mut self, sock: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.checked {
+            let mut first = [0u8; 1];
+            match sock.peek(&mut first) {
+                Ok(0) => return Ok(0),
+                Ok(_) if first[0] != HANDSHAKE_RECORD => {
+                    return Err(io::Error::other(TlsFailure::NotTls(first[0])));
+                }
+                Ok(_) => self.checked = true,
+                Err(e) => return Err(e),
+            }
+        }
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            match self.conn.read_tls(sock) {
+                Ok(0) => {
+                    // The reader now reports the end (clean or not) on the next round.
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            if let Err(error) = self.conn.process_new_packets() {
+                let handshake = self.conn.is_handshaking();
+                // rustls queued an alert telling the peer why: one try to send it.
+                let _ = self.conn.write_tls(sock);
+                return Err(io::Error::other(TlsFailure::Refused { handshake, error }));
+            }
+            // Handshake replies (and key updates) go out as soon as they exist.
+            match self.send(sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes held encrypted bytes to the socket. `Ok(true)` when none are left, `Ok(false)`
+    /// when the socket would block first.
+    pub(super) fn send(&mut self, sock: &mut TcpStream) -> io::Result<bool> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(sock) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// A `Write` of plaintext for the session: encrypted and sent as far as the socket takes
+    /// it; `WouldBlock` while earlier bytes still wait.
+    pub(super) fn writer<'a>(&'a mut self, sock: &'a mut TcpStream) -> Writer<'a> {
+        Writer { tls: self, sock }
+    }
+
+    /// Tells the peer that nothing more comes (best effort: one try to send it).
+    pub(super) fn close_notify(&mut self, sock: &mut TcpStream) {
+        self.conn.send_close_notify();
+        let _ = self.send(sock);
+    }
+
+    /// Encrypts `msg` and tries once to send it (a cut-off's error reply).
+    pub(super) fn write_once(&mut self, sock: &mut TcpStream, msg: &[u8]) {
+        if !self.conn.is_handshaking() {
+            let _ = self.conn.writer().write(msg);
+            let _ = self.send(sock);
+        }
+    }
+}
+
+/// See [`Tls::writer`].
+pub(super) struct Writer<'a> {
+    tls: &'a mut Tls,
+    sock: &'a mut TcpStream,
+}
+
+impl Write for Writer<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if !self.tls.send(self.sock)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.tls.conn.writer().write_vectored(bufs)?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        // Accepted: a full socket now only delays these bytes to the next writable event.
+        match self.tls.send(self.sock) {
+            Ok(_) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
