@@ -120,6 +120,8 @@ pub(super) struct Worker {
     /// Connections whose GET waits for the socket while holding a snapshot.
     waiting: Vec<usize>,
     buf: Vec<u8>,
+    /// Ciphertext as read from a TLS connection's socket (empty without TLS).
+    raw: Vec<u8>,
     sweep_every: Duration,
 }
 
@@ -134,6 +136,11 @@ impl Worker {
         // A few sweeps per shortest deadline, at most four a second.
         let sweep_every = (d.idle.min(d.header).min(d.stall) / 4)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let raw = if shared.tls.is_some() {
+            vec![0u8; READ_BUF]
+        } else {
+            Vec::new()
+        };
         let worker = Worker {
             poll,
             rx,
@@ -143,6 +150,7 @@ impl Worker {
             free: Vec::new(),
             waiting: Vec::new(),
             buf: vec![0u8; READ_BUF],
+            raw,
             sweep_every,
         };
         Ok((worker, Handle { tx, waker, load }))
@@ -342,10 +350,10 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return Turn::Wait;
         };
-        let (store, buf) = (&self.shared.store, &mut self.buf);
+        let (store, buf, raw) = (&self.shared.store, &mut self.buf, &mut self.raw);
         // A bug in one connection must not cost the worker.
         let mut turn =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.turn(store, buf)))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.turn(store, buf, raw)))
                 .unwrap_or_else(|_| {
                     tracing::error!(
                         peer = conn.peer,
@@ -445,7 +453,7 @@ impl Worker {
 }
 
 impl Conn {
-    fn turn(&mut self, store: &BlobStore, buf: &mut [u8]) -> Turn {
+    fn turn(&mut self, store: &BlobStore, buf: &mut [u8], raw: &mut [u8]) -> Turn {
         let mut budget = TURN_BUDGET;
         // A read shorter than the buffer emptied the socket: anything arriving later brings a
         // new edge, so a further read would only say "would block" (one syscall per request).
@@ -513,11 +521,12 @@ impl Conn {
             if budget == 0 {
                 return Turn::Again;
             }
-            if socket_empty && !self.read_closed {
+            if socket_empty && !self.read_closed && !self.tls.as_ref().is_some_and(|t| t.has_input())
+            {
                 return Turn::Wait;
             }
             let read = match &mut self.tls {
-                Some(t) => t.read(&mut self.stream, buf),
+                Some(t) => t.read(&mut self.stream, buf, raw, &mut socket_empty),
                 None => self.stream.read(buf),
             };
             let n = match read {
@@ -537,8 +546,9 @@ impl Conn {
                 Err(e) => return self.read_failed(&e),
             };
             budget = budget.saturating_sub(n);
-            // Through TLS a short read says nothing of the socket: read on until it blocks.
-            socket_empty = self.tls.is_none() && n < buf.len();
+            if self.tls.is_none() {
+                socket_empty = n < buf.len();
+            }
             if let Err(close) = self.session.receive(store, &self.peer, &buf[..n], now) {
                 return self.end(close);
             }

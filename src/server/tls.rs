@@ -13,6 +13,9 @@ use rustls::{ServerConfig, ServerConnection};
 /// through TLS in pieces of this size (the reactor's turn budget still applies on top).
 const TLS_BUFFER: usize = 256 * 1024;
 
+/// Plaintext rustls may hold before it refuses more ciphertext (its own limit is 16 KiB).
+const PLAINTEXT_HELD: usize = 16 * 1024;
+
 /// The first byte of a TLS record carrying a handshake message (a ClientHello).
 const HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -60,6 +63,14 @@ pub(super) struct Tls {
     conn: ServerConnection,
     /// Whether the peer's first byte has been looked at.
     checked: bool,
+    /// Plaintext bytes rustls holds for us.
+    plaintext: usize,
+    /// Ciphertext read from the socket that rustls could not take yet (only when the caller's
+    /// buffer filled up first), from `pending_at` on.
+    pending: Vec<u8>,
+    pending_at: usize,
+    /// The socket reached its end (rustls was told).
+    ended: bool,
 }
 
 impl Tls {
@@ -69,6 +80,10 @@ impl Tls {
         Ok(Tls {
             conn,
             checked: false,
+            plaintext: 0,
+            pending: Vec::new(),
+            pending_at: 0,
+            ended: false,
         })
     }
 
@@ -81,11 +96,25 @@ impl Tls {
         self.conn.wants_write()
     }
 
-    /// Plaintext from the peer, as `Read::read` on a nonblocking socket would give it: `Ok(0)`
-    /// at the end of the stream (with or without the peer's close_notify: the protocol frames
-    /// its own messages, so a cut is seen there), `WouldBlock` when the socket is empty. Runs the
-    /// handshake on the way, sending its replies.
-    pub(super) fn read(&mut self, sock: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    /// Whether plaintext or ciphertext is held that a read would return without the socket.
+    pub(super) fn has_input(&self) -> bool {
+        self.pending_at < self.pending.len() || self.plaintext > 0
+    }
+
+    /// Plaintext from the peer into `buf`, as `Read::read` on a nonblocking socket would give it:
+    /// `Ok(0)` at the end of the stream (with or without the peer's close_notify: the protocol
+    /// frames its own messages, so a cut is seen there), `WouldBlock` when nothing is held and
+    /// the socket is empty. The socket is read into `raw` (one large read, where rustls alone
+    /// would read 4 KiB at a time); `socket_empty` is set when a read came back short, so the
+    /// caller need not read again before the next readiness event. Runs the handshake on the
+    /// way, sending its replies.
+    pub(super) fn read(
+        &mut self,
+        sock: &mut TcpStream,
+        buf: &mut [u8],
+        raw: &mut [u8],
+        socket_empty: &mut bool,
+    ) -> io::Result<usize> {
         if !self.checked {
             let mut first = [0u8; 1];
             match sock.peek(&mut first) {
@@ -97,33 +126,113 @@ impl Tls {
                 Err(e) => return Err(e),
             }
         }
+        let mut filled = 0;
         loop {
-            match self.conn.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
+            filled += self.plaintext_into(&mut buf[filled..])?;
+            if filled == buf.len() {
+                return Ok(filled);
             }
-            match self.conn.read_tls(sock) {
-                Ok(0) => {
-                    // The reader now reports the end (clean or not) on the next round.
+            if self.pending_at < self.pending.len() {
+                let pending = std::mem::take(&mut self.pending);
+                let used = self.feed(sock, &pending[self.pending_at..], buf, &mut filled);
+                self.pending = pending;
+                self.pending_at += used?;
+                if self.pending_at == self.pending.len() {
+                    self.pending = Vec::new();
+                    self.pending_at = 0;
                 }
-                Ok(_) => {}
-                Err(e) => return Err(e),
+                continue;
             }
-            if let Err(error) = self.conn.process_new_packets() {
+            if filled > 0 || self.ended {
+                return Ok(filled);
+            }
+            if *socket_empty {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = match sock.read(raw) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                // The end of the stream: rustls learns it from an empty read.
+                self.conn.read_tls(&mut io::empty())?;
+                self.process(sock)?;
+                self.ended = true;
+                continue;
+            }
+            *socket_empty = n < raw.len();
+            let used = self.feed(sock, &raw[..n], buf, &mut filled)?;
+            if used < n {
+                self.pending = raw[used..n].to_vec();
+                self.pending_at = 0;
+            }
+        }
+    }
+
+    /// Moves plaintext rustls holds into `buf`; 0 when it holds none (or `buf` is empty).
+    fn plaintext_into(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() || self.plaintext == 0 {
+            return Ok(0);
+        }
+        match self.conn.reader().read(buf) {
+            Ok(n) => {
+                self.plaintext = self.plaintext.saturating_sub(n);
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.plaintext = 0;
+                Ok(0)
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.plaintext = 0;
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives rustls ciphertext from `input`, taking the plaintext out into `buf` as it comes;
+    /// stops early only when `buf` is full and rustls can hold no more. Returns how much of
+    /// `input` was used.
+    fn feed(
+        &mut self,
+        sock: &mut TcpStream,
+        input: &[u8],
+        buf: &mut [u8],
+        filled: &mut usize,
+    ) -> io::Result<usize> {
+        let mut rest = input;
+        while !rest.is_empty() {
+            if self.plaintext >= PLAINTEXT_HELD {
+                *filled += self.plaintext_into(&mut buf[*filled..])?;
+                if self.plaintext >= PLAINTEXT_HELD {
+                    break;
+                }
+            }
+            // Reads from the slice, advancing it (at most a record's worth at a time).
+            if self.conn.read_tls(&mut rest)? == 0 {
+                break;
+            }
+            self.process(sock)?;
+        }
+        *filled += self.plaintext_into(&mut buf[*filled..])?;
+        Ok(input.len() - rest.len())
+    }
+
+    /// Decrypts what rustls was given and sends what the handshake has to say.
+    fn process(&mut self, sock: &mut TcpStream) -> io::Result<()> {
+        match self.conn.process_new_packets() {
+            Ok(state) => self.plaintext = state.plaintext_bytes_to_read(),
+            Err(error) => {
                 let handshake = self.conn.is_handshaking();
                 // rustls queued an alert telling the peer why: one try to send it.
                 let _ = self.conn.write_tls(sock);
                 return Err(io::Error::other(TlsFailure::Refused { handshake, error }));
             }
-            // Handshake replies (and key updates) go out as soon as they exist.
-            match self.send(sock) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
         }
+        self.send(sock)?;
+        Ok(())
     }
 
     /// Writes held encrypted bytes to the socket. `Ok(true)` when none are left, `Ok(false)`
