@@ -23,16 +23,19 @@ start() { # NAME ARGS… → prints the address
   sed -n 's/listening on //p' "$work/$1.out"
 }
 plain=$(start plain); tls=$(start tls --tls-cert "$work/server.pem" --tls-key "$work/server.key")
-TLS=(--tls-ca "$work/ca.pem")
+# The last column is each server's CPU time per request (its process, from /proc): robust where
+# throughput on a shared 2-core machine is not.
+P=(--server "$plain" --server-pid "$(cat "$work/plain.pid")")
+T=(--server "$tls" --server-pid "$(cat "$work/tls.pid")" --tls-ca "$work/ca.pem")
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ) nproc: $(nproc) load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "plaintext $plain (pid $(cat "$work/plain.pid")), TLS $tls (pid $(cat "$work/tls.pid"))"
 for i in $(seq "$ROUNDS"); do
   echo "== round $i: 4 KiB x 20000, 8 connections"
-  "$BIN" bench -q --server "$plain" -n 20000 -s 4KiB -c 8 --phases put,get,delete 2>&1 | grep -E "^ *(put|get|delete)" | sed 's/^/plain /'
-  "$BIN" bench -q --server "$tls" "${TLS[@]}" -n 20000 -s 4KiB -c 8 --phases put,get,delete 2>&1 | grep -E "^ *(put|get|delete)" | sed 's/^/tls   /'
+  "$BIN" bench -q "${P[@]}" -n 20000 -s 4KiB -c 8 --phases put,get,delete 2>&1 | grep -E "^ *(put|get|delete)" | sed 's/^/plain /'
+  "$BIN" bench -q "${T[@]}" -n 20000 -s 4KiB -c 8 --phases put,get,delete 2>&1 | grep -E "^ *(put|get|delete)" | sed 's/^/tls   /'
 done
 for i in $(seq "$ROUNDS"); do
   echo "== round $i: 256 MiB, 1 connection, GET x4"
-  "$BIN" bench -q --server "$plain" -n 1 -s 256MiB -c 1 --phases put,get,delete --get-rounds 4 2>&1 | grep -E "^ *(put|get)" | sed 's/^/plain /'
-  "$BIN" bench -q --server "$tls" "${TLS[@]}" -n 1 -s 256MiB -c 1 --phases put,get,delete --get-rounds 4 2>&1 | grep -E "^ *(put|get)" | sed 's/^/tls   /'
+  "$BIN" bench -q "${P[@]}" -n 1 -s 256MiB -c 1 --phases put,get,delete --get-rounds 4 2>&1 | grep -E "^ *(put|get)" | sed 's/^/plain /'
+  "$BIN" bench -q "${T[@]}" -n 1 -s 256MiB -c 1 --phases put,get,delete --get-rounds 4 2>&1 | grep -E "^ *(put|get)" | sed 's/^/tls   /'
 done
