@@ -354,14 +354,17 @@ fn serve_tls(a: &ServeArgs, conf: &Configuration) -> CliResult<Option<ServerTlsF
         _ => {
             let keystore = if conf.get(keys::SSL_INTERNAL_KEYSTORE).is_some() {
                 format!(
-                    " ({} is a Java keystore, which blobvault does not read: export its                      certificate and key as PEM, e.g. with `keytool -importkeystore                      -deststoretype PKCS12` then `openssl pkcs12 -nodes`)",
+                    " ({} is a Java keystore, which blobvault does not read: export its \
+                     certificate and key as PEM, e.g. with `keytool -importkeystore \
+                     -deststoretype PKCS12` then `openssl pkcs12 -nodes`)",
                     keys::SSL_INTERNAL_KEYSTORE
                 )
             } else {
                 String::new()
             };
             Err(Fail::new(format!(
-                "TLS needs both a certificate and its key: give --tls-cert and --tls-key (or {}                  and {}){keystore}",
+                "TLS needs both a certificate and its key: give --tls-cert and --tls-key (or {} \
+                 and {}){keystore}",
                 keys::TLS_CERT,
                 keys::TLS_KEY
             )))

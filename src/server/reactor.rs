@@ -521,7 +521,9 @@ impl Conn {
             if budget == 0 {
                 return Turn::Again;
             }
-            if socket_empty && !self.read_closed && !self.tls.as_ref().is_some_and(|t| t.has_input())
+            if socket_empty
+                && !self.read_closed
+                && !self.tls.as_ref().is_some_and(|t| t.has_input())
             {
                 return Turn::Wait;
             }
