@@ -585,8 +585,11 @@ fn timed<T: Send, F: FnOnce(&Barrier) -> T + Send>(
             })
             .collect();
         s.spawn(|| progress.show(name, total, &stop));
-        barrier.wait();
+        // Sampled before the start is given: reading /proc takes a while (longer than a short
+        // phase on a busy machine), and the jobs must not run meanwhile. So the connections'
+        // handshakes count too (the first phase of a run only; they are kept for the next).
         let before = meter.map(CpuMeter::sample);
+        barrier.wait();
         let start = Instant::now();
         results = handles.into_iter().filter_map(|h| h.join().ok()).collect();
         seconds = start.elapsed().as_secs_f64();

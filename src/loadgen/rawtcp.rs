@@ -17,6 +17,9 @@ use super::{Phase, PhaseReport, Plan, Progress, Rng, Tally, phase_report, timed}
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{self, DeleteTarget, MAX_CHUNK, PutTarget};
 
+/// Name prefix of the bulk server's threads (their CPU is the raw phases' server CPU).
+const RAW_THREADS: &str = "bench-raw";
+
 /// Name prefix of the floor server's threads (their CPU is the floor's server CPU).
 const FLOOR_THREADS: &str = "bench-floor";
 
@@ -31,18 +34,26 @@ pub(super) fn raw_tcp(
     let addr = listener.local_addr()?;
     let done = Arc::new(AtomicBool::new(false));
     let d2 = Arc::clone(&done);
-    let acceptor = std::thread::spawn(move || {
-        for s in listener.incoming() {
-            if d2.load(Ordering::SeqCst) {
-                break;
+    let acceptor = std::thread::Builder::new()
+        .name(format!("{RAW_THREADS}-accept"))
+        .spawn(move || {
+            for s in listener.incoming() {
+                if d2.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("{RAW_THREADS}-conn"))
+                        .spawn(move || {
+                            let _ = raw_serve(s);
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!("raw TCP: cannot start a connection thread: {e}");
+                    }
+                }
             }
-            if let Ok(s) = s {
-                std::thread::spawn(move || {
-                    let _ = raw_serve(s);
-                });
-            }
-        }
-    });
+        })?;
+    let meter = CpuMeter::Threads(RAW_THREADS);
     let per_conn = total.div_ceil(conns as u64).max(1);
     let mut out = Vec::new();
     for (name, up) in [("raw-up", true), ("raw-down", false)] {
@@ -55,13 +66,18 @@ pub(super) fn raw_tcp(
                     });
                     start.wait();
                     let t = Instant::now();
+                    // The stream comes back open: the server's thread lives until measured.
                     stream
                         .and_then(|st| raw_client(st, per_conn, up, progress))
-                        .map(|_| t.elapsed().as_nanos() as u64)
+                        .map(|st| (t.elapsed().as_nanos() as u64, st))
                 }
             })
             .collect();
-        let (results, seconds, _) = timed(name, conns as u64, progress, None, jobs);
+        let (results, seconds, cpu) = timed(name, conns as u64, progress, Some(&meter), jobs);
+        let results: Vec<io::Result<u64>> = results
+            .into_iter()
+            .map(|r| r.map(|(ns, _stream)| ns))
+            .collect();
         let mut lat: Vec<u64> = results
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
@@ -81,7 +97,7 @@ pub(super) fn raw_tcp(
             seconds,
             latency_us: [mid, max, max, max],
             first_error,
-            server_cpu_ns: None,
+            server_cpu_ns: cpu,
         });
     }
     done.store(true, Ordering::SeqCst);
@@ -90,7 +106,7 @@ pub(super) fn raw_tcp(
     Ok(out)
 }
 
-fn raw_client(mut s: TcpStream, len: u64, up: bool, progress: &Progress) -> io::Result<()> {
+fn raw_client(mut s: TcpStream, len: u64, up: bool, progress: &Progress) -> io::Result<TcpStream> {
     let mut cmd = [0u8; 9];
     cmd[0] = if up { b'U' } else { b'D' };
     cmd[1..].copy_from_slice(&len.to_le_bytes());
@@ -116,7 +132,7 @@ fn raw_client(mut s: TcpStream, len: u64, up: bool, progress: &Progress) -> io::
         }
     }
     progress.add(len);
-    Ok(())
+    Ok(s)
 }
 
 fn raw_serve(mut s: TcpStream) -> io::Result<()> {
@@ -145,6 +161,8 @@ fn raw_serve(mut s: TcpStream) -> io::Result<()> {
         }
     }
     let _ = s.shutdown(Shutdown::Write);
+    // Live until the client closes (after the phase's CPU is measured).
+    while s.read(&mut buf)? > 0 {}
     Ok(())
 }
 
@@ -399,6 +417,7 @@ mod tests {
         let r = raw_tcp(3_000_000, 2, &p).expect("raw tcp");
         assert_eq!(r.len(), 2);
         assert!(r.iter().all(|p| p.errors == 0 && p.bytes == 3_000_000));
+        assert!(r.iter().all(|p| p.server_cpu_ns.is_some_and(|ns| ns > 0)));
     }
 
     #[test]

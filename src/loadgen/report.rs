@@ -189,6 +189,13 @@ pub fn format_text(r: &Report) -> String {
             "get / raw-down: {:.0}%",
             100.0 * get.mb_per_sec() / raw.mb_per_sec().max(1e-9)
         );
+        if let (Some(g), Some(w)) = (cpu_ns_per_kb(get), cpu_ns_per_kb(raw)) {
+            let _ = writeln!(
+                s,
+                "server CPU per KB sent: get {g:.1} ns, raw-down {w:.1} ns = {:.2}x",
+                g / w.max(1e-9)
+            );
+        }
     }
     if let Some(b) = r.store_bytes {
         let p = b.payload.max(1) as f64;
@@ -209,6 +216,12 @@ pub fn format_text(r: &Report) -> String {
         let _ = writeln!(s, "reopen after clean stop: {ms:.1} ms");
     }
     s
+}
+
+/// The server's CPU nanoseconds per 1,000 bytes a phase moved.
+fn cpu_ns_per_kb(p: &PhaseReport) -> Option<f64> {
+    let ns = p.server_cpu_ns?;
+    (p.bytes > 0).then(|| ns as f64 * 1e3 / p.bytes as f64)
 }
 
 /// For each phase with a `floor-<phase>` beside it and CPU figures for both: the phase's name,
