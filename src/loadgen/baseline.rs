@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::key::{BlobId, BlobKey, JobId, KeyHasher};
 use crate::protocol::{self, DeleteTarget, PutTarget};
 
+/// Name prefix of the baseline server's threads (their CPU is the phase's server CPU).
+pub(super) const SERVER_THREADS: &str = "bench-files";
+
 /// A file-per-blob server to compare with (`--compare`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Baseline {
@@ -60,20 +63,28 @@ impl FileServer {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
-        let acceptor = std::thread::spawn(move || {
-            for s in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
+        let acceptor = std::thread::Builder::new()
+            .name(format!("{SERVER_THREADS}-accept"))
+            .spawn(move || {
+                for s in listener.incoming() {
+                    if stop2.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(s) = s {
+                        let layout = Arc::clone(&layout);
+                        // Named, so that the bench counts this server's CPU and not the client's.
+                        let spawned = std::thread::Builder::new()
+                            .name(format!("{SERVER_THREADS}-conn"))
+                            .spawn(move || {
+                                let _ = s.set_nodelay(true);
+                                let _ = file_serve(&layout, s);
+                            });
+                        if let Err(e) = spawned {
+                            tracing::warn!("file baseline: cannot start a connection thread: {e}");
+                        }
+                    }
                 }
-                if let Ok(s) = s {
-                    let layout = Arc::clone(&layout);
-                    std::thread::spawn(move || {
-                        let _ = s.set_nodelay(true);
-                        let _ = file_serve(&layout, s);
-                    });
-                }
-            }
-        });
+            })?;
         Ok(FileServer {
             addr,
             stop,

@@ -18,6 +18,7 @@
 
 mod baseline;
 mod conn;
+mod cpu;
 mod rawtcp;
 mod report;
 mod workload;
@@ -36,12 +37,13 @@ use crate::server::BlobServer;
 use crate::store::StoreOptions;
 use baseline::FileServer;
 use conn::Conn;
-use rawtcp::raw_tcp;
+use cpu::CpuMeter;
+use rawtcp::{floor, raw_tcp};
 use report::format_comparison;
 
 pub use baseline::Baseline;
 pub(crate) use report::json_str;
-pub use report::{PhaseReport, Report, StoreBytes, format_json, format_text};
+pub use report::{PhaseReport, Report, StoreBytes, floor_ratios, format_json, format_text};
 pub use workload::{Rng, SizeSpec, blob_bytes, format_size, jar_mix_size, parse_size};
 
 /// A phase of the run.
@@ -99,6 +101,11 @@ pub struct BenchArgs {
     /// Also measure plain TCP over loopback with the same bytes and connections.
     #[arg(long)]
     pub raw_tcp: bool,
+    /// Also run each phase against a raw-TCP floor first: a minimal blocking server that reads a
+    /// request of the phase's size and writes a reply of its size, with no protocol and no store
+    /// (phases `floor-put`, …); the report gives the server's CPU per request against it.
+    #[arg(long)]
+    pub floor: bool,
     /// Also time `dd … bs=1M conv=fdatasync` of the put phase's bytes into the store directory
     /// (`--dir`, or the in-process server's store).
     #[arg(long)]
@@ -124,7 +131,8 @@ pub struct BenchArgs {
     /// In-process server: after the phases, stop cleanly and time opening the store again.
     #[arg(long)]
     pub reopen: bool,
-    /// Report the peak RSS (VmHWM) of this process id at the end (e.g. an external server's).
+    /// The process id of the external `--server`: the report gives its CPU time per request
+    /// (from its CPU clock, or /proc/PID/stat) and its peak RSS (VmHWM).
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Seed of sizes and content (default: from the clock, so runs never collide).
@@ -322,6 +330,25 @@ fn run_with(
         report.dd_mb_per_sec = Some(dd(&dir, total_bytes)?);
     }
 
+    // Whose CPU the phases measure: the external server's process, or the in-process server's
+    // threads (named `blobvault-…`, or `bench-files…` for the baseline).
+    let meter = match (args.server_pid, &server, baseline) {
+        (Some(pid), _, None) if args.server.is_some() => Some(CpuMeter::Process(pid)),
+        (_, Some(_), _) => Some(CpuMeter::Threads(cpu::SERVER_THREADS)),
+        (_, None, Some(_)) => Some(CpuMeter::Threads(baseline::SERVER_THREADS)),
+        _ => None,
+    };
+    if args.floor && extras {
+        report.phases.extend(floor(
+            &args.phases,
+            &sizes,
+            args.named,
+            args.get_rounds.max(1),
+            args.connections,
+            &progress,
+        )?);
+    }
+
     let job = JobId::from_parts(Rng::new(seed).next_u64() as i64, seed as i64);
     let plan = Plan {
         addr,
@@ -352,9 +379,14 @@ fn run_with(
     for phase in &args.phases {
         match phase {
             Phase::Put => {
-                report
-                    .phases
-                    .push(run_phase(&plan, &mut workers, *phase, 1, &progress));
+                report.phases.push(run_phase(
+                    &plan,
+                    &mut workers,
+                    *phase,
+                    1,
+                    &progress,
+                    meter.as_ref(),
+                ));
                 put_done = true;
                 if let Some(s) = &server {
                     s.store().sync()?;
@@ -380,9 +412,14 @@ fn run_with(
                 } else {
                     1
                 };
-                report
-                    .phases
-                    .push(run_phase(&plan, &mut workers, *phase, rounds, &progress));
+                report.phases.push(run_phase(
+                    &plan,
+                    &mut workers,
+                    *phase,
+                    rounds,
+                    &progress,
+                    meter.as_ref(),
+                ));
             }
         }
     }
@@ -532,18 +569,24 @@ struct Tally {
 /// Runs each job on its own thread and times them together: a job prepares (connects), waits
 /// on the barrier, then works; the clock runs from the common start until the last one ends,
 /// while a progress line for `name` shows on stderr.
+///
+/// With `meter`, also the server's CPU nanoseconds over the same span (`None` when it cannot be
+/// read). Jobs should keep their connections open until returned (return them, or keep them in
+/// their worker): the span ends before they close, while the server's threads still live.
 fn timed<T: Send, F: FnOnce(&Barrier) -> T + Send>(
     name: &str,
     total: u64,
     progress: &Progress,
+    meter: Option<&CpuMeter>,
     jobs: Vec<F>,
-) -> (Vec<T>, f64) {
+) -> (Vec<T>, f64, Option<u64>) {
     progress.ops.store(0, Ordering::Relaxed);
     progress.bytes.store(0, Ordering::Relaxed);
     let barrier = Barrier::new(jobs.len() + 1);
     let stop = AtomicBool::new(false);
     let mut results = Vec::new();
     let mut seconds = 0.0;
+    let mut cpu = None;
     std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .into_iter()
@@ -553,13 +596,20 @@ fn timed<T: Send, F: FnOnce(&Barrier) -> T + Send>(
             })
             .collect();
         s.spawn(|| progress.show(name, total, &stop));
+        // Sampled before the start is given: reading /proc takes a while (longer than a short
+        // phase on a busy machine), and the jobs must not run meanwhile. So the connections'
+        // handshakes count too (the first phase of a run only; they are kept for the next).
+        let before = meter.map(CpuMeter::sample);
         barrier.wait();
         let start = Instant::now();
         results = handles.into_iter().filter_map(|h| h.join().ok()).collect();
         seconds = start.elapsed().as_secs_f64();
+        if let (Some(m), Some(Ok(before))) = (meter, before) {
+            cpu = m.sample().ok().map(|after| after.since(&before));
+        }
         stop.store(true, Ordering::Relaxed);
     });
-    (results, seconds)
+    (results, seconds, cpu)
 }
 
 fn run_phase(
@@ -568,6 +618,7 @@ fn run_phase(
     phase: Phase,
     rounds: u32,
     progress: &Progress,
+    meter: Option<&CpuMeter>,
 ) -> PhaseReport {
     let total = plan.sizes.len() as u64 * rounds as u64;
     let jobs: Vec<_> = workers
@@ -583,7 +634,17 @@ fn run_phase(
             }
         })
         .collect();
-    let (tallies, seconds) = timed(phase.name(), total, progress, jobs);
+    let (tallies, seconds, server_cpu_ns) = timed(phase.name(), total, progress, meter, jobs);
+    phase_report(phase.name(), &tallies, seconds, server_cpu_ns)
+}
+
+/// The figures of a phase from its connections' tallies.
+fn phase_report(
+    name: &str,
+    tallies: &[Tally],
+    seconds: f64,
+    server_cpu_ns: Option<u64>,
+) -> PhaseReport {
     let mut lat: Vec<u64> = tallies
         .iter()
         .flat_map(|t| t.lat_ns.iter().copied())
@@ -597,13 +658,14 @@ fn run_phase(
         lat[i] as f64 / 1e3
     };
     PhaseReport {
-        name: phase.name().to_string(),
+        name: name.to_string(),
         ops: lat.len() as u64,
         errors: tallies.iter().map(|t| t.errors).sum(),
         bytes: tallies.iter().map(|t| t.bytes).sum(),
         seconds,
         latency_us: [pct(0.50), pct(0.99), pct(0.999), pct(1.0)],
         first_error: tallies.iter().find_map(|t| t.first_error.clone()),
+        server_cpu_ns,
     }
 }
 
@@ -757,6 +819,59 @@ mod tests {
             );
             let b = r.store_bytes.expect("store figures");
             assert!(b.payload > 0 && b.file > 0, "{extra:?}");
+            // The in-process server's threads did the work of every phase.
+            assert!(
+                r.phases
+                    .iter()
+                    .all(|p| p.server_cpu_ns.is_some_and(|ns| ns > 0)),
+                "{extra:?}"
+            );
         }
+    }
+
+    #[test]
+    fn the_floor_runs_beside_the_phases_and_is_compared_with_them() {
+        let a = args(&["-n", "30", "-s", "4KiB", "--floor", "--get-rounds", "2"]);
+        let r = run(&a).expect("bench run");
+        let names: Vec<(&str, u64, u64)> = r
+            .phases
+            .iter()
+            .map(|p| (p.name.as_str(), p.ops, p.errors))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("floor-put", 30, 0),
+                ("floor-get", 60, 0),
+                ("floor-delete", 30, 0),
+                ("put", 30, 0),
+                ("get", 60, 0),
+                ("delete", 30, 0)
+            ]
+        );
+        let ratios: Vec<&str> = floor_ratios(&r).iter().map(|(n, _, _)| *n).collect();
+        assert_eq!(ratios, ["put", "get", "delete"]);
+        let text = format_text(&r);
+        assert!(
+            text.contains("get server CPU per request / raw-TCP floor"),
+            "{text}"
+        );
+        let json = format_json(&r);
+        assert!(json.contains("\"cpu_vs_floor\":{\"put\":"), "{json}");
+        assert!(json.contains("\"server_cpu_us_per_op\":"), "{json}");
+    }
+
+    #[test]
+    fn the_file_baseline_reports_its_server_cpu() {
+        let a = args(&["-n", "12", "-s", "1KiB", "--compare", "files"]);
+        let r = run_with(&a, Some(Baseline::Files), false).expect("baseline run");
+        assert_eq!(r.target, "files");
+        assert!(
+            r.phases
+                .iter()
+                .all(|p| p.server_cpu_ns.is_some_and(|ns| ns > 0)),
+            "{:?}",
+            r.phases
+        );
     }
 }

@@ -21,6 +21,9 @@ pub struct PhaseReport {
     pub latency_us: [f64; 4],
     /// Message of the first failure, if any.
     pub first_error: Option<String>,
+    /// CPU time (user + system) the server spent over the phase, in nanoseconds: the in-process
+    /// server's threads, or the `--server-pid` process; `None` when not measured.
+    pub server_cpu_ns: Option<u64>,
 }
 
 impl PhaseReport {
@@ -32,6 +35,12 @@ impl PhaseReport {
     /// Bytes per second, in MB (10^6 bytes).
     pub fn mb_per_sec(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+
+    /// The server's CPU time per successful operation, in microseconds.
+    pub fn cpu_us_per_op(&self) -> Option<f64> {
+        let ns = self.server_cpu_ns?;
+        (self.ops > 0).then(|| ns as f64 / 1e3 / self.ops as f64)
     }
 }
 
@@ -126,13 +135,25 @@ pub fn format_text(r: &Report) -> String {
     let _ = writeln!(s, "server {}", r.server);
     let _ = writeln!(
         s,
-        "{:<9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
-        "phase", "ops", "ops/s", "MB/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "errors"
+        "{:<12} {:>9} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7} {:>12}",
+        "phase",
+        "ops",
+        "ops/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "max ms",
+        "errors",
+        "srv cpu µs/op"
     );
     for p in &r.phases {
+        let cpu = p
+            .cpu_us_per_op()
+            .map_or_else(|| "-".to_string(), |us| format!("{us:.2}"));
         let _ = writeln!(
             s,
-            "{:<9} {:>9} {:>11.0} {:>10.1} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7}",
+            "{:<12} {:>9} {:>11.0} {:>10.1} {:>10.3} {:>10.3} {:>10.3} {:>10.3} {:>7} {:>12}",
             p.name,
             p.ops,
             p.ops_per_sec(),
@@ -141,11 +162,19 @@ pub fn format_text(r: &Report) -> String {
             p.latency_us[1] / 1e3,
             p.latency_us[2] / 1e3,
             p.latency_us[3] / 1e3,
-            p.errors
+            p.errors,
+            cpu
         );
         if let Some(e) = &p.first_error {
             let _ = writeln!(s, "          first error: {e}");
         }
+    }
+    for (name, server_us, floor_us) in floor_ratios(r) {
+        let _ = writeln!(
+            s,
+            "{name} server CPU per request / raw-TCP floor: {server_us:.2} / {floor_us:.2} µs = {:.2}x",
+            server_us / floor_us.max(1e-9)
+        );
     }
     if let Some(d) = r.dd_mb_per_sec {
         let _ = writeln!(s, "dd conv=fdatasync: {d:.1} MB/s");
@@ -160,6 +189,13 @@ pub fn format_text(r: &Report) -> String {
             "get / raw-down: {:.0}%",
             100.0 * get.mb_per_sec() / raw.mb_per_sec().max(1e-9)
         );
+        if let (Some(g), Some(w)) = (cpu_ns_per_kb(get), cpu_ns_per_kb(raw)) {
+            let _ = writeln!(
+                s,
+                "server CPU per KB sent: get {g:.1} ns, raw-down {w:.1} ns = {:.2}x",
+                g / w.max(1e-9)
+            );
+        }
     }
     if let Some(b) = r.store_bytes {
         let p = b.payload.max(1) as f64;
@@ -180,6 +216,27 @@ pub fn format_text(r: &Report) -> String {
         let _ = writeln!(s, "reopen after clean stop: {ms:.1} ms");
     }
     s
+}
+
+/// The server's CPU nanoseconds per 1,000 bytes a phase moved.
+fn cpu_ns_per_kb(p: &PhaseReport) -> Option<f64> {
+    let ns = p.server_cpu_ns?;
+    (p.bytes > 0).then(|| ns as f64 * 1e3 / p.bytes as f64)
+}
+
+/// For each phase with a `floor-<phase>` beside it and CPU figures for both: the phase's name,
+/// its server CPU per request and the floor's, in microseconds.
+pub fn floor_ratios(r: &Report) -> Vec<(&str, f64, f64)> {
+    r.phases
+        .iter()
+        .filter_map(|p| {
+            let floor = r
+                .phases
+                .iter()
+                .find(|f| f.name == format!("floor-{}", p.name))?;
+            Some((p.name.as_str(), p.cpu_us_per_op()?, floor.cpu_us_per_op()?))
+        })
+        .collect()
 }
 
 /// A JSON string literal (also used by the CLI's `--json` outputs).
@@ -247,12 +304,25 @@ pub fn format_json(r: &Report) -> String {
             json_num(p.latency_us[2]),
             json_num(p.latency_us[3]),
         );
+        let _ = write!(
+            s,
+            ",\"server_cpu_ns\":{},\"server_cpu_us_per_op\":{}",
+            p.server_cpu_ns.map_or("null".into(), |n| n.to_string()),
+            p.cpu_us_per_op().map_or("null".into(), json_num)
+        );
         if let Some(e) = &p.first_error {
             let _ = write!(s, ",\"first_error\":{}", json_str(e));
         }
         s.push('}');
     }
     s.push(']');
+    let ratios: Vec<String> = floor_ratios(r)
+        .iter()
+        .map(|(name, server, floor)| {
+            format!("{}:{}", json_str(name), json_num(server / floor.max(1e-9)))
+        })
+        .collect();
+    let _ = write!(s, ",\"cpu_vs_floor\":{{{}}}", ratios.join(","));
     let opt = |x: Option<f64>| x.map_or("null".to_string(), json_num);
     let _ = write!(
         s,
