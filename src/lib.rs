@@ -41,6 +41,7 @@ pub mod library;
 /// API: it may change in any release.
 #[doc(hidden)]
 pub mod loadgen;
+pub mod metrics;
 pub mod protocol;
 pub mod recovery;
 pub mod server;
@@ -50,7 +51,8 @@ pub use cache::{BlobCache, CacheError, CacheOptions, CachedBlob};
 pub use client::{BlobClient, ClientError};
 pub use key::{BlobId, BlobKey, JobId, KeyError, KeyHasher, MAX_NAME_LEN};
 pub use library::{
-    BlobService, ExecutionAttemptId, LibraryCacheManager, LibraryError, StoreBlobService,
+    BlobService, ExecutionAttemptId, LibraryCacheManager, LibraryError, LibraryStats,
+    StoreBlobService,
 };
 pub use protocol::{DeleteTarget, PutTarget};
 pub use server::BlobServer;

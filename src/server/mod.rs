@@ -6,8 +6,11 @@
 //! replies a client is slow to take wait in the worker's readiness loop, and every request has a
 //! deadline and a minimum rate ([`Deadlines`](crate::config::Deadlines)).
 
+mod probe;
 mod reactor;
 mod session;
+
+pub use probe::ServerProbe;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -54,6 +57,7 @@ pub struct BlobServer {
     acceptor_waker: mio::Waker,
     workers: Vec<JoinHandle<()>>,
     drop_next: Arc<AtomicUsize>,
+    probe: ServerProbe,
 }
 
 impl std::fmt::Debug for BlobServer {
@@ -82,12 +86,19 @@ impl BlobServer {
         }
         let listener = bind(&config)?;
         let addr = listener.local_addr()?;
+        let metrics = crate::metrics::ServerMetrics::for_store(store.counters());
         let shared = Arc::new(Shared {
             store,
             deadlines: config.deadlines,
             shutdown: AtomicBool::new(false),
             open: AtomicUsize::new(0),
+            metrics: Arc::new(metrics),
         });
+        let probe = ServerProbe::new(
+            Arc::clone(&shared),
+            socket2::SockRef::from(&listener).try_clone().ok(),
+            workers,
+        );
         let mut handles = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -123,6 +134,7 @@ impl BlobServer {
             acceptor_waker,
             workers: threads,
             drop_next,
+            probe,
         })
     }
 
@@ -308,6 +320,7 @@ impl Acceptor {
                         "out of descriptors; connection refused");
                 }
                 drop(stream);
+                shared.metrics.refused.inc();
                 self.spare = std::fs::File::open("/dev/null").ok();
                 true
             }
@@ -337,6 +350,7 @@ impl Acceptor {
                     refused = self.refused.count,
                     "too many connections; refusing (raise --max-connections if the host allows)");
             }
+            shared.metrics.refused.inc();
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -348,6 +362,7 @@ impl Acceptor {
         };
         h.load.fetch_add(1, Ordering::Relaxed);
         shared.open.fetch_add(1, Ordering::SeqCst);
+        shared.metrics.accepted.inc();
         if !h.send(Command::Conn(stream, peer)) {
             // The worker is gone (shutting down).
             h.load.fetch_sub(1, Ordering::Relaxed);

@@ -42,6 +42,7 @@ pub(super) struct Shared {
     pub shutdown: AtomicBool,
     /// Connections open, in all workers.
     pub open: AtomicUsize,
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 /// Messages to a worker (each followed by a wake).
@@ -195,6 +196,7 @@ impl Worker {
         }
         let mut ready = std::mem::take(again);
         let mut n = 0;
+        self.shared.metrics.workers_busy.add(1);
         for ev in events.iter() {
             n += 1;
             if ev.token() == WAKE {
@@ -216,6 +218,7 @@ impl Worker {
                 again.push(slot);
             }
         }
+        self.shared.metrics.workers_busy.add(-1);
         Ok(n)
     }
 
@@ -291,7 +294,7 @@ impl Worker {
         self.conns[slot] = Some(Conn {
             stream,
             peer: peer.to_string(),
-            session: Session::new(Instant::now()),
+            session: Session::new(Instant::now(), Arc::clone(&self.shared.metrics)),
             phase: Phase::Open,
             watch_writes: false,
             read_closed: false,
@@ -468,6 +471,7 @@ impl Conn {
             };
             budget = budget.saturating_sub(n);
             socket_empty = n < buf.len();
+            self.session.received(n);
             if let Err(close) = self.session.receive(store, &self.peer, &buf[..n], now) {
                 return self.end(close);
             }
