@@ -41,9 +41,12 @@ pub mod keys {
     pub const RECOVERY_PATH: &str = "state.backend.fs.dir.recovery";
     /// Seconds between library clean-ups.
     pub const CLEANUP_INTERVAL: &str = "library-cache-manager.cleanup.interval";
+    /// `serve`: the port (or range) of the metrics endpoint, on the `--bind` address; off when
+    /// absent. Flink's own Prometheus reporter key (whose port is 9249 by convention).
+    pub const METRICS_PORT: &str = "metrics.reporter.prom.port";
 
     /// Every key above: the others of a configuration are ignored (with a warning).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         FETCH_CONCURRENT,
         FETCH_BACKLOG,
         FETCH_RETRIES,
@@ -53,6 +56,7 @@ pub mod keys {
         STATE_BACKEND,
         RECOVERY_PATH,
         CLEANUP_INTERVAL,
+        METRICS_PORT,
     ];
 }
 

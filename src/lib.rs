@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cache;
 /// The `blobvault` command line (`src/main.rs` calls [`cli::main`]). Not part of the library's
 /// API: it may change in any release.
