@@ -421,15 +421,23 @@ impl Loop {
     }
 
     fn readiness(&mut self) -> Result<(), String> {
+        if self
+            .sources
+            .server
+            .as_ref()
+            .is_some_and(ServerProbe::is_stopped)
+        {
+            return Err("the BLOB server has stopped".into());
+        }
+        // The store's check may ask the recovery store over the network: once a second at most.
         if let Some((at, r)) = &self.health
             && at.elapsed() < HEALTH_TTL
         {
             return r.clone();
         }
-        let r = match (&self.sources.server, &self.sources.store) {
-            (Some(p), _) if p.is_stopped() => Err("the BLOB server has stopped".into()),
-            (_, Some(store)) => store.readiness(),
-            (_, None) => Ok(()),
+        let r = match &self.sources.store {
+            Some(store) => store.readiness(),
+            None => Ok(()),
         };
         self.health = Some((Instant::now(), r.clone()));
         r
