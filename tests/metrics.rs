@@ -159,7 +159,13 @@ fn healthz_is_ready_while_serving_and_says_why_not_after() {
         http_get(admin.local_addr(), "/healthz/live"),
         (200, "live\n".into())
     );
+    let blob_port = ts.addr();
     ts.server.shutdown();
+    // The endpoint outlives the server without keeping its port listening.
+    assert!(
+        TcpStream::connect(blob_port).is_err(),
+        "{blob_port} still accepts"
+    );
     let (status, body) = http_get(admin.local_addr(), "/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("stopped"), "{body}");

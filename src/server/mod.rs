@@ -188,6 +188,7 @@ impl BlobServer {
         if self.shared.shutdown.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.probe.close_listener();
         let _ = self.acceptor_waker.wake();
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();

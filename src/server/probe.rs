@@ -1,8 +1,8 @@
 //! A running server's figures, read from outside its threads: [`BlobServer::metrics`] for
 //! embedders, [`ServerProbe`] for whoever outlives a borrow of the server (the admin endpoint).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use super::BlobServer;
 use super::reactor::Shared;
@@ -14,8 +14,9 @@ use crate::store::BlobStore;
 #[derive(Clone)]
 pub struct ServerProbe {
     shared: Arc<Shared>,
-    /// A duplicate of the listening socket, for its backlog (`TCP_INFO`).
-    listener: Option<Arc<socket2::Socket>>,
+    /// A duplicate of the listening socket, for its backlog (`TCP_INFO`). Closed when the
+    /// server stops: while any descriptor is open the kernel keeps queueing connections.
+    listener: Arc<Mutex<Option<socket2::Socket>>>,
     workers: usize,
 }
 
@@ -35,7 +36,7 @@ impl ServerProbe {
     ) -> ServerProbe {
         ServerProbe {
             shared,
-            listener: listener.map(Arc::new),
+            listener: Arc::new(Mutex::new(listener)),
             workers,
         }
     }
@@ -45,11 +46,11 @@ impl ServerProbe {
         let mut s = self.shared.metrics.snapshot();
         s.connections_open = self.shared.open.load(Ordering::Relaxed) as u64;
         s.workers = self.workers as u64;
-        if let Some((queued, max)) = self
-            .listener
-            .as_deref()
-            .and_then(crate::metrics::listen_queue)
-        {
+        let queue = match self.listener.lock() {
+            Ok(l) => l.as_ref().and_then(crate::metrics::listen_queue),
+            Err(_) => None,
+        };
+        if let Some((queued, max)) = queue {
             (s.listen_queue, s.listen_queue_max) = (Some(queued), Some(max));
         }
         s.store = self.shared.store.metrics();
@@ -59,6 +60,13 @@ impl ServerProbe {
     /// The store served.
     pub fn store(&self) -> &BlobStore {
         &self.shared.store
+    }
+
+    /// Closes the duplicate of the listening socket (the server is stopping).
+    pub(super) fn close_listener(&self) {
+        if let Ok(mut l) = self.listener.lock() {
+            l.take();
+        }
     }
 
     /// Whether the server stopped.
