@@ -2,17 +2,21 @@
 # Metrics on versus off, side by side in one run: 4 KiB PUT and GET over 8 connections against
 # `blobvault serve` processes, alternating between
 #   off: a build without the metrics code (BASE, e.g. the commit before it), and
-#   on:  this build with `--metrics` and a scraper reading /metrics every 0.2 s (Prometheus
-#        scrapes every 15 s or so: this is the pessimistic case),
+#   on:  this build with `--metrics` and a scraper reading /metrics every second (Prometheus
+#        scrapes every 15 s or so: fifteen times that),
 # both loaded by this build's `blobvault bench --server`. Prints each run and the ratios.
 #
 #   benches/metrics_overhead.sh BASE_BINARY [ROUNDS] [COUNT]
+# NO_FSYNC=1 serves with --no-fsync (PUTs bound by CPU rather than by fsync, so the overhead of
+# counting shows more).
 set -euo pipefail
 base=${1:?usage: $0 BASE_BINARY [ROUNDS] [COUNT]}
 rounds=${2:-3}
 count=${3:-20000}
 new=$(dirname "$0")/../target/release/blobvault
 work=$(mktemp -d)
+fsync=()
+[ -n "${NO_FSYNC:-}" ] && fsync=(--no-fsync)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # serve BINARY DIR [ARGS…]: starts a server; sets $pid, $addr and $metrics (empty if none).
@@ -26,7 +30,7 @@ serve() {
     read -r line <&3
     addr=${line#listening on }
     metrics=
-    if [ $# -gt 0 ]; then
+    if [[ " $* " == *" --metrics "* ]]; then
         read -r line <&3
         metrics=${line#metrics on http://}
         metrics=${metrics%/metrics}
@@ -39,14 +43,14 @@ run() {
     local variant=$1 round=$2
     rm -rf "$work/store"
     if [ "$variant" = on ]; then
-        serve "$new" "$work/store" --metrics 127.0.0.1:0
-        (while sleep 0.2; do curl -s "http://$metrics/metrics" >/dev/null || true; done) &
+        serve "$new" "$work/store" "${fsync[@]}" --metrics 127.0.0.1:0
+        (while sleep 1; do curl -s "http://$metrics/metrics" >/dev/null || true; done) &
         scraper=$!
     else
-        serve "$base" "$work/store"
+        serve "$base" "$work/store" "${fsync[@]}"
         scraper=
     fi
-    "$new" bench --server "$addr" -n "$count" -s 4KiB -c 8 --phases put,get --get-rounds 3 \
+    "$new" bench --server "$addr" -n "$count" -s 4KiB -c 8 --phases put,get --get-rounds 5 \
         -q --json 2>/dev/null >"$work/$variant-$round.json"
     [ -n "$scraper" ] && kill "$scraper"
     kill "$pid"
@@ -76,7 +80,9 @@ def rates(variant, phase):
     return out
 for phase in ("put", "get"):
     off, on = rates("off", phase), rates("on", phase)
-    print(f"{phase}: off median {statistics.median(off):.0f}/s, on median {statistics.median(on):.0f}/s, "
-          f"on/off {statistics.median(on) / statistics.median(off):.3f} "
-          f"(per round: {', '.join(f'{a / b:.3f}' for a, b in zip(on, off))})")
+    ratios = sorted(a / b for a, b in zip(on, off))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    print(f"{phase}: off median {statistics.median(off):.0f}/s, on median {statistics.median(on):.0f}/s; "
+          f"on/off per round: median {statistics.median(ratios):.3f}, quartiles {q[0]:.3f}-{q[2]:.3f}, "
+          f"range {ratios[0]:.3f}-{ratios[-1]:.3f}")
 EOF
