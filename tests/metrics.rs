@@ -298,8 +298,14 @@ impl Drop for Served {
 }
 
 fn serve_with_metrics(dir: &std::path::Path) -> Served {
+    serve_with(dir, &["--metrics", "127.0.0.1:0"])
+}
+
+fn serve_with(dir: &std::path::Path, args: &[&str]) -> Served {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
-        .args(["serve", "--port", "0", "--metrics", "127.0.0.1:0", "--dir"])
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .arg("--dir")
         .arg(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -400,4 +406,95 @@ fn stat_and_ls_of_a_running_server_from_the_command_line() {
     // A BLOB port given by mistake: no valid HTTP reply, said so.
     let o = cli(&["stat", "--metrics", &s.blob]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn an_embedded_cache_and_library_manager_are_scraped_too() {
+    use blobvault::{BlobCache, CacheOptions, LibraryCacheManager};
+    use std::sync::Arc;
+    let ts = TestServer::start();
+    let key = ts.store().put(b"library bytes").unwrap();
+    let other = ts.store().put(b"other library").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache: BlobCache = CacheOptions::new([ts.addr()])
+        .dir(dir.path())
+        .retries(0)
+        .open()
+        .unwrap();
+    let manager = Arc::new(
+        LibraryCacheManager::new(Arc::new(cache.clone()), Duration::from_secs(1_000_000)).unwrap(),
+    );
+    let admin = AdminServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Sources::new()
+            .server(ts.server.probe())
+            .cache(cache.clone())
+            .library(Arc::clone(&manager)),
+    )
+    .unwrap();
+    let job = JobId::random();
+    manager.register_job(job, &[key, other]).unwrap(); // first registration: 2 downloads
+    manager
+        .register_task(job, blobvault::ExecutionAttemptId::random(), &[key])
+        .unwrap(); // joins
+    cache.get(&key).unwrap(); // a hit
+    manager.unregister_job(job);
+
+    let m = scrape(admin.local_addr());
+    assert_eq!(sample(&m, "blobvault_cache_misses_total"), 2.0);
+    assert_eq!(sample(&m, "blobvault_cache_downloads_total"), 2.0);
+    assert_eq!(sample(&m, "blobvault_cache_hits_total"), 1.0);
+    assert_eq!(sample(&m, "blobvault_cache_blobs"), 2.0);
+    assert_eq!(
+        sample(&m, "blobvault_cache_bytes"),
+        (b"library bytes".len() + b"other library".len()) as f64
+    );
+    assert_eq!(sample(&m, "blobvault_library_misses_total"), 1.0);
+    assert_eq!(sample(&m, "blobvault_library_hits_total"), 1.0);
+    assert_eq!(sample(&m, "blobvault_library_fetches_total"), 2.0);
+    assert_eq!(sample(&m, "blobvault_library_jobs"), 1.0);
+    assert_eq!(manager.run_cleanup_now(), 0, "the task still holds the job");
+    assert_eq!(manager.stats().removed, 0);
+    // The server side saw the two downloads as GETs.
+    assert_eq!(
+        sample(&m, "blobvault_requests_total{op=\"get\",outcome=\"ok\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn a_reopened_store_reports_its_figures_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = blobvault::BlobStore::open(dir.path()).unwrap();
+        store.put(b"kept one").unwrap();
+        store
+            .put_named(JobId::random(), "kept/two", b"kept two!")
+            .unwrap();
+    }
+    let store = blobvault::BlobStore::open(dir.path()).unwrap();
+    // The writer counts as it starts, without waiting for an operation (a server that only
+    // reads reports its figures too): wait for it, bounded, sending nothing.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !store.metrics().counted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let m = store.metrics();
+    assert!(m.counted, "not counted within {IO_TIMEOUT:?}");
+    assert_eq!(
+        (m.contents, m.content_blobs, m.named_blobs, m.payload_bytes),
+        (2, 1, 1, 17)
+    );
+}
+
+#[test]
+fn flinks_prometheus_port_key_turns_the_endpoint_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = serve_with(
+        &tmp.path().join("store"),
+        &["-D", "metrics.reporter.prom.port=0"],
+    );
+    let addr: SocketAddr = s.metrics.parse().expect("the metrics address");
+    assert!(addr.ip().is_loopback(), "bound on --bind's address: {addr}");
+    assert_eq!(http_get(addr, "/healthz/live"), (200, "live\n".into()));
 }

@@ -48,6 +48,8 @@ enum Outcome {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
+    // At once, so that a server that only reads reports its figures too.
+    count_if_needed(&shared);
     let mut lazy = LazySync::default();
     loop {
         // Group commit sized by load: a batch is whatever was queued while the previous commit
@@ -69,15 +71,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
                 Err(RecvTimeoutError::Disconnected) => break,
             },
         };
-        if !shared.metrics.is_counted() {
-            // Before any commit, so that every later one's changes apply to this count.
-            match super::live::count(&shared) {
-                Ok(d) => shared.metrics.set_counts(d),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot count the store's blobs for its metrics")
-                }
-            }
-        }
+        count_if_needed(&shared);
         let mut batch = vec![first];
         let mut bytes = op_bytes(&batch[0]);
         while batch.len() < shared.opts.max_batch && bytes < MAX_BATCH_BYTES {
@@ -103,6 +97,18 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
         }
     }
     final_checkpoint(&shared);
+}
+
+/// Counts the store's figures for its metrics, unless counted (a storage failure clears it: the
+/// reopen replays the log). Only ever before a commit, so that every later commit's changes apply
+/// to this count.
+fn count_if_needed(shared: &Shared) {
+    if !shared.metrics.is_counted() {
+        match super::live::count(shared) {
+            Ok(d) => shared.metrics.set_counts(d),
+            Err(e) => tracing::warn!(error = %e, "cannot count the store's blobs for its metrics"),
+        }
+    }
 }
 
 /// With `durable` off: when the oldest commit that is not durable yet was made, so that a
