@@ -498,3 +498,62 @@ fn flinks_prometheus_port_key_turns_the_endpoint_on() {
     assert!(addr.ip().is_loopback(), "bound on --bind's address: {addr}");
     assert_eq!(http_get(addr, "/healthz/live"), (200, "live\n".into()));
 }
+
+#[test]
+fn recovery_calls_and_read_repairs_are_counted() {
+    use blobvault::config::ServerConfig;
+    use blobvault::metrics::RecoveryCall;
+    use blobvault::recovery::RedbRecoveryStore;
+    use blobvault::store::{FaultSwitch, StoreOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let faults = FaultSwitch::new();
+    let rec = RedbRecoveryStore::open_with_faults(&tmp.path().join("rec"), faults.clone()).unwrap();
+    let serve = |name: &str| {
+        let store = StoreOptions::new(tmp.path().join(name))
+            .durable(false)
+            .recovery(rec.clone())
+            .open()
+            .unwrap();
+        blobvault::BlobServer::start(store, ServerConfig::default()).unwrap()
+    };
+    let (s0, s1) = (serve("s0"), serve("s1"));
+    let job = JobId::random();
+    let mut c = blobvault::BlobClient::connect(s0.local_addr()).unwrap();
+    let key = c.put(b"replicated").unwrap();
+    c.put_named(job, "gone", b"replicated").unwrap();
+    c.delete_named(job, "gone").unwrap();
+    let m0 = s0.metrics().store;
+    assert_eq!(m0.recovery_of(RecoveryCall::Put).calls, 2);
+    assert_eq!(m0.recovery_of(RecoveryCall::Delete).calls, 1);
+    assert_eq!(m0.recovery_of(RecoveryCall::Put).seconds.count, 2);
+    assert_eq!(m0.read_repairs, 0);
+
+    // s1 has it only in the recovery store: a read-repair.
+    let mut c = blobvault::BlobClient::connect(s1.local_addr()).unwrap();
+    assert_eq!(c.get_bytes(&BlobId::Content(key)).unwrap(), b"replicated");
+    let m1 = s1.metrics();
+    assert_eq!(m1.store.read_repairs, 1);
+    assert_eq!(m1.store.recovery_of(RecoveryCall::Get).calls, 1);
+    assert_eq!(m1.requests_of(Op::Get, Outcome::Ok), 1);
+    assert_eq!(m1.store.content_blobs, 1, "the repaired blob is kept");
+
+    // Readiness asks the recovery store, which answers.
+    let admin = endpoint_of(&s1);
+    assert_eq!(http_get(admin.local_addr(), "/healthz").0, 200);
+    drop(admin);
+    // A failing recovery store: the PUT fails, and so does the call, counted.
+    faults.fail_writes();
+    let mut c = blobvault::BlobClient::connect(s1.local_addr()).unwrap();
+    assert!(c.put(b"refused: recovery fails").is_err());
+    let m1 = s1.metrics().store;
+    assert_eq!(m1.recovery_of(RecoveryCall::Put).errors, 1);
+    faults.heal();
+}
+
+fn endpoint_of(server: &blobvault::BlobServer) -> AdminServer {
+    AdminServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Sources::new().server(server.probe()),
+    )
+    .unwrap()
+}
