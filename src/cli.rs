@@ -200,20 +200,37 @@ enum Cmd {
         #[command(flatten)]
         named: Named,
     },
-    /// List the blobs of a store directory: key and size, then job and name of named blobs.
-    #[command(after_help = "Example:\n  blobvault ls --dir /var/lib/blobvault --json")]
+    /// List the blobs of a store directory, or of a running server with --metrics: key and
+    /// size, then job and name of named blobs.
+    #[command(
+        after_help = "Examples:\n  blobvault ls --dir /var/lib/blobvault --json\n  \
+                            blobvault ls --metrics 127.0.0.1:9249\n\nExit status 1 when the \
+                            store cannot be opened or the endpoint not reached."
+    )]
     Ls {
         #[command(flatten)]
         dir: StoreDir,
+        /// List a running server's store through its metrics endpoint (the HOST:PORT given to
+        /// `serve --metrics`) instead of opening a directory.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "dir")]
+        metrics: Option<String>,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
     },
-    /// Show figures of a store directory.
-    #[command(after_help = "Example:\n  blobvault stat --dir /var/lib/blobvault")]
+    /// Show figures of a store directory, or of a running server with --metrics.
+    #[command(
+        after_help = "Examples:\n  blobvault stat --dir /var/lib/blobvault\n  \
+                            blobvault stat --metrics 127.0.0.1:9249 --json\n\nExit status 1 \
+                            when the store cannot be opened or the endpoint not reached."
+    )]
     Stat {
         #[command(flatten)]
         dir: StoreDir,
+        /// Ask a running server through its metrics endpoint (the HOST:PORT given to `serve
+        /// --metrics`) instead of opening a directory.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "dir")]
+        metrics: Option<String>,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
@@ -328,6 +345,11 @@ struct ServeArgs {
     /// Require client certificates signed by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "CA.pem", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve metrics and health over HTTP at HOST:PORT (/metrics in Prometheus' format,
+    /// /healthz, /stat, /blobs), e.g. 127.0.0.1:9249. Off by default; the configuration key
+    /// metrics.reporter.prom.port turns it on at the --bind address.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
 }
 
 /// The server's TLS files from the flags, else the configuration; `None` for plaintext.
@@ -436,8 +458,18 @@ pub fn main() -> i32 {
             output,
         } => get(key, target.via(), named, output),
         Cmd::Delete { key, target, named } => delete(key, target.via(), named),
-        Cmd::Ls { dir, json } => ls(dir, json),
-        Cmd::Stat { dir, json } => stat(dir, json),
+        Cmd::Ls {
+            metrics: Some(addr),
+            json,
+            ..
+        } => ls_live(&addr, json),
+        Cmd::Ls { dir, json, .. } => ls(dir, json),
+        Cmd::Stat {
+            metrics: Some(addr),
+            json,
+            ..
+        } => stat_live(&addr, json),
+        Cmd::Stat { dir, json, .. } => stat(dir, json),
         Cmd::Verify { dir, json } => verify(dir, json),
         Cmd::Compact { dir } => compact(dir),
         Cmd::Bench(a) => crate::loadgen::run_cli(&a).map_err(|e| Fail::new(e.to_string())),
@@ -613,6 +645,7 @@ fn serve(a: ServeArgs) -> CliResult {
         opts = opts.recovery(r);
     }
     let store = opts.open().map_err(|e| store_fail(e, &dir, Use::Serve))?;
+    let bind = config.bind;
     let server = BlobServer::start(store, config).map_err(|e| match &e {
         crate::server::ServerError::Bind { source, .. }
             if source.kind() == io::ErrorKind::AddrInUse =>
@@ -627,12 +660,17 @@ fn serve(a: ServeArgs) -> CliResult {
     let server = Arc::new(server);
     let stop_rx = handle_signals(&server)?;
     tracing::info!(dir = %dir.display(), "serving store");
+    let admin = start_metrics(a.metrics.as_deref(), &conf, bind, &server)?;
     let mut out = io::stdout().lock();
     writeln!(out, "listening on {}", server.local_addr())?;
+    if let Some(admin) = &admin {
+        writeln!(out, "metrics on http://{}/metrics", admin.local_addr())?;
+    }
     out.flush()?;
     drop(out);
     let _ = stop_rx.recv();
     tracing::info!("stopping");
+    drop(admin);
     // Dropping the last handle shuts it down (the SIGHUP thread holds only a weak one, strong
     // for the moment of a reload).
     drop(server);
@@ -664,6 +702,130 @@ fn handle_signals(server: &Arc<BlobServer>) -> CliResult<crossbeam_channel::Rece
             }
         })?;
     Ok(stop_rx)
+}
+
+/// The metrics endpoint of `serve`: at `--metrics`, else at `metrics.reporter.prom.port` on the
+/// bind address, else none.
+fn start_metrics(
+    flag: Option<&str>,
+    conf: &Configuration,
+    bind: std::net::IpAddr,
+    server: &BlobServer,
+) -> CliResult<Option<crate::admin::AdminServer>> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let candidates: Vec<SocketAddr> = match (flag, conf.get(keys::METRICS_PORT)) {
+        (Some(addr), _) => addr
+            .to_socket_addrs()
+            .map_err(|e| {
+                Fail::new(format!(
+                    "--metrics {addr}: not a HOST:PORT that resolves ({e}); e.g. 127.0.0.1:9249"
+                ))
+            })?
+            .take(1)
+            .collect(),
+        (None, Some(v)) => {
+            let ports: PortRange = v
+                .parse()
+                .map_err(|e| Fail::new(format!("{}: {e}", keys::METRICS_PORT)))?;
+            (ports.first..=ports.last)
+                .map(|p| SocketAddr::new(bind, p))
+                .collect()
+        }
+        (None, None) => return Ok(None),
+    };
+    let sources = crate::admin::Sources::new().server(server.probe());
+    let mut last = None;
+    for addr in candidates {
+        match crate::admin::AdminServer::start(addr, sources.clone()) {
+            Ok(a) => return Ok(Some(a)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Fail::new(match last {
+        Some(e) => format!("{e}; give another address with --metrics HOST:PORT"),
+        None => "no address for the metrics endpoint".into(),
+    }))
+}
+
+/// `ls --metrics`: a running server's blobs, streamed from its endpoint's `/blobs`.
+fn ls_live(addr: &str, json: bool) -> CliResult {
+    let body = crate::admin::fetch(addr, "/blobs").map_err(|e| Fail::new(e.to_string()))?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if json {
+        write!(out, "{{\"server\":{},\"blobs\":[", json_str(addr))?;
+    }
+    let mut complete = false;
+    let mut n = 0u64;
+    for line in io::BufRead::lines(body) {
+        let line = line.map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+        if line.starts_with("{\"end\":true") {
+            complete = true;
+            break;
+        }
+        let entry = crate::admin::parse_entry(&line).ok_or_else(|| {
+            Fail::new(format!(
+                "metrics endpoint {addr}: bad listing line {line:?}"
+            ))
+        })?;
+        if json {
+            write!(out, "{}{}", if n == 0 { "" } else { "," }, line.trim_end())?;
+        } else {
+            match &entry.named {
+                None => writeln!(out, "{}\t{}", entry.key, entry.size)?,
+                Some((j, name)) => writeln!(out, "{}\t{}\t{j}\t{name}", entry.key, entry.size)?,
+            }
+        }
+        n += 1;
+    }
+    if !complete {
+        out.flush()?;
+        return Err(Fail::new(format!(
+            "metrics endpoint {addr}: the listing ended early after {n} blobs (server stopped, or \
+             its store failed: see its log)"
+        )));
+    }
+    if json {
+        writeln!(out, "]}}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `stat --metrics`: a running server's figures from its endpoint's `/stat`.
+fn stat_live(addr: &str, json: bool) -> CliResult {
+    let mut body = String::new();
+    io::Read::read_to_string(
+        &mut io::Read::take(
+            crate::admin::fetch(addr, "/stat").map_err(|e| Fail::new(e.to_string()))?,
+            1024 * 1024,
+        ),
+        &mut body,
+    )
+    .map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let fields = crate::admin::parse_flat_json(&body)
+        .ok_or_else(|| Fail::new(format!("metrics endpoint {addr}: bad /stat reply {body:?}")))?;
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == k)
+            .map_or("?".to_string(), |(_, v)| v.clone())
+    };
+    println!("server         {addr}");
+    println!("dir            {}", get("dir"));
+    println!("content blobs  {}", get("content_blobs"));
+    println!("named blobs    {}", get("named_blobs"));
+    println!("contents       {}", get("contents"));
+    println!("payload bytes  {}", get("payload_bytes"));
+    println!("chunk size     {}", get("chunk_size"));
+    println!("file bytes     {}", get("file_bytes"));
+    println!("log bytes      {}", get("wal_bytes"));
+    println!("connections    {}", get("connections_open"));
+    println!("requests       {}", get("requests"));
+    Ok(())
 }
 
 fn named_id(key: Option<BlobKey>, named: &Named) -> CliResult<BlobId> {

@@ -58,7 +58,12 @@ pub mod keys {
     pub const TLS_CLIENT_CA: &str = "blobvault.tls.client-ca";
 
     /// Every key above: the others of a configuration are ignored (with a warning).
-    pub const ALL: [&str; 16] = [
+    /// `serve`: the port (or range) of the metrics endpoint, on the `--bind` address; off when
+    /// absent. Flink's own Prometheus reporter key (whose port is 9249 by convention).
+    pub const METRICS_PORT: &str = "metrics.reporter.prom.port";
+
+    /// Every key above: the others of a configuration are ignored (with a warning).
+    pub const ALL: [&str; 17] = [
         FETCH_CONCURRENT,
         FETCH_BACKLOG,
         FETCH_RETRIES,
@@ -75,6 +80,7 @@ pub mod keys {
         TLS_CERT,
         TLS_KEY,
         TLS_CLIENT_CA,
+        METRICS_PORT,
     ];
 }
 

@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cache;
 /// The `blobvault` command line (`src/main.rs` calls [`cli::main`]). Not part of the library's
 /// API: it may change in any release.
@@ -41,6 +42,7 @@ pub mod library;
 /// API: it may change in any release.
 #[doc(hidden)]
 pub mod loadgen;
+pub mod metrics;
 pub mod protocol;
 pub mod recovery;
 pub mod server;
@@ -51,7 +53,8 @@ pub use cache::{BlobCache, CacheError, CacheOptions, CachedBlob};
 pub use client::{BlobClient, ClientError};
 pub use key::{BlobId, BlobKey, JobId, KeyError, KeyHasher, MAX_NAME_LEN};
 pub use library::{
-    BlobService, ExecutionAttemptId, LibraryCacheManager, LibraryError, StoreBlobService,
+    BlobService, ExecutionAttemptId, LibraryCacheManager, LibraryError, LibraryStats,
+    StoreBlobService,
 };
 pub use protocol::{DeleteTarget, PutTarget};
 pub use server::BlobServer;

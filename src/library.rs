@@ -324,6 +324,30 @@ struct State {
     pending: HashMap<BlobKey, u32>,
     /// Completed clean-up runs.
     cycles: u64,
+    /// Counts of [`LibraryStats`].
+    counts: LibraryStats,
+}
+
+/// What a [`LibraryCacheManager`] has done and holds, at one moment ([`LibraryCacheManager::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LibraryStats {
+    /// Registrations that joined a job already registered: its libraries were there (hits).
+    pub joined: u64,
+    /// First registrations of a job, which fetch its libraries (misses).
+    pub first_registrations: u64,
+    /// Libraries fetched from the [`BlobService`] by first registrations (downloads, when the
+    /// service is a [`BlobCache`]; already cached ones count too).
+    pub fetched: u64,
+    /// Registrations that failed to fetch a library.
+    pub failed: u64,
+    /// Libraries deleted by the clean-up once no job referenced them (evictions).
+    pub removed: u64,
+    /// Clean-up runs completed.
+    pub cleanups: u64,
+    /// Jobs registered now.
+    pub jobs: u64,
+    /// Libraries tracked now (referenced, or unreferenced until the next clean-up).
+    pub libraries: u64,
 }
 
 impl State {
@@ -379,6 +403,7 @@ impl Shared {
             match self.service.delete(&key) {
                 Ok(()) => {
                     st.refs.remove(&key);
+                    st.counts.removed += 1;
                     deleted += 1;
                 }
                 Err(e) => {
@@ -494,8 +519,10 @@ impl LibraryCacheManager {
         {
             let mut st = lock(&self.shared.state);
             if let Some(r) = st.join(job, attempt, &keys) {
+                st.counts.joined += r.is_ok() as u64;
                 return r;
             }
+            st.counts.first_registrations += 1;
             for k in &keys {
                 *st.pending.entry(*k).or_insert(0) += 1;
             }
@@ -514,7 +541,9 @@ impl LibraryCacheManager {
         }
         let mut st = lock(&self.shared.state);
         st.unpend(&keys);
+        st.counts.fetched += paths.len() as u64;
         if let Some(err) = failure {
+            st.counts.failed += 1;
             let fetched = &keys[..paths.len()];
             for k in fetched {
                 service.release(k);
@@ -626,6 +655,17 @@ impl LibraryCacheManager {
     /// Runs a clean-up now, on this thread; returns how many libraries were deleted.
     pub fn run_cleanup_now(&self) -> usize {
         self.shared.cleanup()
+    }
+
+    /// What the manager has done and holds now (for metrics).
+    pub fn stats(&self) -> LibraryStats {
+        let st = lock(&self.shared.state);
+        LibraryStats {
+            cleanups: st.cycles,
+            jobs: st.jobs.len() as u64,
+            libraries: st.refs.len() as u64,
+            ..st.counts.clone()
+        }
     }
 
     /// Clean-up runs completed so far (periodic and [`run_cleanup_now`](Self::run_cleanup_now)).

@@ -278,8 +278,9 @@ pub(crate) fn read_repair(
     let Some(rec) = store.recovery() else {
         return Ok(None);
     };
-    let Some(mut reader) = rec
-        .get(id)
+    let Some(mut reader) = store
+        .counters()
+        .recovery(crate::metrics::RecoveryCall::Get, || rec.get(id))
         .map_err(|e| StoreError::Recovery(e.to_string()))?
     else {
         return Ok(None);
@@ -307,6 +308,7 @@ pub(crate) fn read_repair(
         BlobId::Named(j, n) => PutTarget::Named(*j, n.clone()),
     };
     store.commit_local(spooled, target)?;
+    store.counters().read_repairs.inc();
     tracing::info!(blob = %id, "blob restored from the recovery store");
     store.get(id)
 }

@@ -6,9 +6,12 @@
 //! replies a client is slow to take wait in the worker's readiness loop, and every request has a
 //! deadline and a minimum rate ([`Deadlines`](crate::config::Deadlines)).
 
+mod probe;
 mod reactor;
 mod session;
 mod tls;
+
+pub use probe::ServerProbe;
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -57,6 +60,7 @@ pub struct BlobServer {
     acceptor_waker: mio::Waker,
     workers: Vec<JoinHandle<()>>,
     drop_next: Arc<AtomicUsize>,
+    probe: ServerProbe,
 }
 
 impl std::fmt::Debug for BlobServer {
@@ -85,13 +89,20 @@ impl BlobServer {
         }
         let listener = bind(&config)?;
         let addr = listener.local_addr()?;
+        let metrics = crate::metrics::ServerMetrics::for_store(store.counters());
         let shared = Arc::new(Shared {
             store,
             deadlines: config.deadlines,
             shutdown: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             tls: config.tls.clone(),
+            metrics: Arc::new(metrics),
         });
+        let probe = ServerProbe::new(
+            Arc::clone(&shared),
+            socket2::SockRef::from(&listener).try_clone().ok(),
+            workers,
+        );
         let mut handles = Vec::with_capacity(workers);
         let mut threads = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -132,6 +143,7 @@ impl BlobServer {
             acceptor_waker,
             workers: threads,
             drop_next,
+            probe,
         })
     }
 
@@ -203,6 +215,7 @@ impl BlobServer {
         if self.shared.shutdown.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.probe.close_listener();
         let _ = self.acceptor_waker.wake();
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
@@ -350,6 +363,7 @@ impl Acceptor {
                         "out of descriptors; connection refused");
                 }
                 drop(stream);
+                shared.metrics.refused.inc();
                 self.spare = std::fs::File::open("/dev/null").ok();
                 true
             }
@@ -379,6 +393,7 @@ impl Acceptor {
                     refused = self.refused.count,
                     "too many connections; refusing (raise --max-connections if the host allows)");
             }
+            shared.metrics.refused.inc();
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -390,6 +405,7 @@ impl Acceptor {
         };
         h.load.fetch_add(1, Ordering::Relaxed);
         shared.open.fetch_add(1, Ordering::SeqCst);
+        shared.metrics.accepted.inc();
         if !h.send(Command::Conn(stream, peer)) {
             // The worker is gone (shutting down).
             h.load.fetch_sub(1, Ordering::Relaxed);

@@ -46,6 +46,7 @@ pub(super) struct Shared {
     pub open: AtomicUsize,
     /// With TLS on: the configuration each new connection takes.
     pub tls: Option<Arc<ServerTls>>,
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 /// Messages to a worker (each followed by a wake).
@@ -210,6 +211,7 @@ impl Worker {
         }
         let mut ready = std::mem::take(again);
         let mut n = 0;
+        self.shared.metrics.workers_busy.add(1);
         for ev in events.iter() {
             n += 1;
             if ev.token() == WAKE {
@@ -231,6 +233,7 @@ impl Worker {
                 again.push(slot);
             }
         }
+        self.shared.metrics.workers_busy.add(-1);
         Ok(n)
     }
 
@@ -322,7 +325,7 @@ impl Worker {
             tls,
             accepted: now,
             peer: peer.to_string(),
-            session: Session::new(now),
+            session: Session::new(now, Arc::clone(&self.shared.metrics)),
             phase: Phase::Open,
             watch_writes: false,
             read_closed: false,
@@ -551,6 +554,7 @@ impl Conn {
             if self.tls.is_none() {
                 socket_empty = n < buf.len();
             }
+            self.session.received(n);
             if let Err(close) = self.session.receive(store, &self.peer, &buf[..n], now) {
                 return self.end(close);
             }

@@ -21,10 +21,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Deadlines;
 use crate::key::BlobId;
+use crate::metrics::{Op, Outcome, ServerMetrics};
 use crate::protocol::{
     self, DeleteTarget, ProtocolError, PutTarget, Request, RequestDecoder, RequestEvent,
 };
@@ -116,10 +118,11 @@ pub(super) struct Session {
     request: Option<RequestLog>,
     /// The kernel's send queue at the last sweep (see [`peer_took`](Self::peer_took)).
     queued: Option<u64>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl Session {
-    pub(super) fn new(now: Instant) -> Session {
+    pub(super) fn new(now: Instant, metrics: Arc<ServerMetrics>) -> Session {
         Session {
             dec: RequestDecoder::new(),
             upload: None,
@@ -131,6 +134,7 @@ impl Session {
             handled: 0,
             queued: None,
             request: None,
+            metrics,
             timing: Timing {
                 started: None,
                 header_done: false,
@@ -158,6 +162,11 @@ impl Session {
 
     fn pending_out(&self) -> usize {
         self.out.len() - self.out_pos
+    }
+
+    /// Counts `n` bytes read from the peer.
+    pub(super) fn received(&self, n: usize) {
+        self.metrics.bytes_received.add(n as u64);
     }
 
     /// Handles `input` that arrived at `now`. Stops early, stashing the rest, once replies to
@@ -289,6 +298,14 @@ impl Session {
         let (op, target) = req
             .as_ref()
             .map_or(("-", ""), |r| (r.op, r.target.as_str()));
+        if let Some(r) = &req {
+            let outcome = if r.missing {
+                Outcome::Missing
+            } else {
+                Outcome::Error
+            };
+            self.metrics.request(r.metric, outcome, r.started.elapsed());
+        }
         match close {
             Close::Error(msg) => {
                 tracing::warn!(peer, op, target, error = %msg, "request failed; sending error reply");
@@ -308,6 +325,8 @@ impl Session {
     /// The debug line of a request that succeeded: op, what, size, duration.
     fn done(&mut self, peer: &str, size: u64) {
         if let Some(r) = self.request.take() {
+            self.metrics
+                .request(r.metric, Outcome::Ok, r.started.elapsed());
             tracing::debug!(
                 peer,
                 op = r.op,
@@ -394,6 +413,9 @@ impl Session {
                 Ok(Some(r)) => r,
                 // Routine for a cache probing servers: the reply says it, the log only at debug.
                 Ok(None) => {
+                    if let Some(r) = self.request.as_mut() {
+                        r.missing = true;
+                    }
                     return Err(Close::Expected(format!("Cannot find required BLOB {id}")));
                 }
                 Err(e) => {
@@ -417,7 +439,7 @@ impl Session {
         // The first chunk is checked before anything is sent: damage there gets an error reply.
         let first = r
             .next_chunk()
-            .map_err(|e| Close::Error(damaged(e, peer).to_string()))?;
+            .map_err(|e| Close::Error(damaged(e, peer, &self.metrics).to_string()))?;
         protocol::encode_get_header(r.len() as u32, &mut self.out);
         if r.is_single_chunk() {
             if let Some(c) = first {
@@ -450,7 +472,7 @@ impl Session {
                 && b.ready.is_empty()
                 && !b.done
             {
-                b.refill(peer);
+                b.refill(peer, &self.metrics);
             }
             let empty: &[u8] = &[];
             let mut slices = [IoSlice::new(empty); CHUNKS_PER_WRITE + 1];
@@ -490,6 +512,7 @@ impl Session {
             match sock.write_vectored(&slices[..n_slices]) {
                 Ok(0) => return Err(Close::Quiet),
                 Ok(n) => {
+                    self.metrics.bytes_sent.add(n as u64);
                     *budget = budget.saturating_sub(n);
                     self.timing.bytes += n as u64;
                     self.timing.last_progress = now;
@@ -609,7 +632,7 @@ impl Session {
 
 impl Outgoing {
     /// Pulls the next few checked chunks from the store.
-    fn refill(&mut self, peer: &str) {
+    fn refill(&mut self, peer: &str, metrics: &ServerMetrics) {
         while self.ready.len() < CHUNKS_PER_WRITE {
             match self.reader.next_chunk() {
                 Ok(Some(c)) => self.ready.push_back(c),
@@ -618,7 +641,7 @@ impl Outgoing {
                     return;
                 }
                 Err(e) => {
-                    damaged(e, peer);
+                    damaged(e, peer, metrics);
                     // The reply has begun: the chunks checked before the bad one go out, then
                     // the reply is cut there, so the client never gets the blob whole.
                     self.done = true;
@@ -633,6 +656,9 @@ impl Outgoing {
 /// What a request's debug line says of it.
 struct RequestLog {
     op: &'static str,
+    metric: Op,
+    /// A GET of a blob that is not there (counted apart from failures).
+    missing: bool,
     target: String,
     started: Instant,
 }
@@ -647,8 +673,15 @@ impl RequestLog {
             Request::Delete(DeleteTarget::Named(job, name)) => ("DELETE", format!("{job}/{name}")),
             Request::Delete(DeleteTarget::Job(job)) => ("DELETE", format!("job {job}")),
         };
+        let metric = match req {
+            Request::Put(_) => Op::Put,
+            Request::Get(_) => Op::Get,
+            Request::Delete(_) => Op::Delete,
+        };
         RequestLog {
             op,
+            metric,
+            missing: false,
             target,
             started,
         }
@@ -670,7 +703,10 @@ fn looks_like_http(input: &[u8]) -> bool {
     METHODS.iter().any(|m| input.starts_with(m))
 }
 
-fn damaged(e: StoreError, peer: &str) -> StoreError {
+fn damaged(e: StoreError, peer: &str, metrics: &ServerMetrics) -> StoreError {
     tracing::error!(peer, error = %e, "GET of a damaged or unreadable blob");
+    if let StoreError::Damaged { .. } = e {
+        metrics.damaged(&e);
+    }
     e
 }

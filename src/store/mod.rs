@@ -10,6 +10,7 @@ mod crc;
 mod faults;
 mod handle;
 mod lease;
+mod live;
 mod logfile;
 mod memory;
 mod oneshot;
@@ -34,6 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
+pub use live::ListCursor;
 pub use memory::MemoryImage;
 pub use read::{BORROW_AFTER, BlobReader, Chunk, SNAPSHOT_MAX_AGE};
 #[doc(hidden)]
@@ -350,6 +352,8 @@ pub(crate) struct Shared {
     spool_budget: spool::MemoryBudget,
     opts: StoreOptions,
     layout: Layout,
+    /// Counters and the stored figures, kept by the writer (`crate::metrics`).
+    pub(crate) metrics: Arc<crate::metrics::StoreMetrics>,
 }
 
 struct Inner {
@@ -549,6 +553,7 @@ impl BlobStore {
             spool_dir,
             opts,
             layout,
+            metrics: Arc::default(),
         });
         let (tx, rx) = bounded(shared.opts.max_batch * 2);
         let tx = Arc::new(Mutex::new(Some(tx)));
@@ -918,6 +923,8 @@ impl BlobStore {
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut report = verify::verify(self.db()?.as_ref(), self.inner.shared.layout)?;
         report.log = self.last_replay();
+        let m = &self.inner.shared.metrics;
+        m.damaged_chunks.add(report.damaged.len() as u64);
         Ok(report)
     }
 
@@ -940,6 +947,8 @@ impl Shared {
     }
 
     pub(crate) fn invalidate(&self) {
+        // The reopen replays the log: the figures are counted again before the next commit.
+        self.metrics.uncount();
         self.db.invalidate()
     }
 }

@@ -10,6 +10,7 @@ use super::lease::FreeBatch;
 use super::schema::*;
 use super::{Shared, Spooled, StoreError, crc, oneshot, space, wal};
 use crate::key::{BlobId, BlobKey, JobId};
+use crate::metrics::{RecoveryCall, StoreDelta, StoreMetrics};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::recovery::{RecoveryItem, RecoveryStore};
 
@@ -47,6 +48,8 @@ enum Outcome {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
+    // At once, so that a server that only reads reports its figures too.
+    count_if_needed(&shared);
     let mut lazy = LazySync::default();
     loop {
         // Group commit sized by load: a batch is whatever was queued while the previous commit
@@ -68,6 +71,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
                 Err(RecvTimeoutError::Disconnected) => break,
             },
         };
+        count_if_needed(&shared);
         let mut batch = vec![first];
         let mut bytes = op_bytes(&batch[0]);
         while batch.len() < shared.opts.max_batch && bytes < MAX_BATCH_BYTES {
@@ -95,6 +99,18 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
     final_checkpoint(&shared);
 }
 
+/// Counts the store's figures for its metrics, unless counted (a storage failure clears it: the
+/// reopen replays the log). Only ever before a commit, so that every later commit's changes apply
+/// to this count.
+fn count_if_needed(shared: &Shared) {
+    if !shared.metrics.is_counted() {
+        match super::live::count(shared) {
+            Ok(d) => shared.metrics.set_counts(d),
+            Err(e) => tracing::warn!(error = %e, "cannot count the store's blobs for its metrics"),
+        }
+    }
+}
+
 /// With `durable` off: when the oldest commit that is not durable yet was made, so that a
 /// durable (empty) commit follows within `StoreOptions::no_fsync_interval` and a crash loses at
 /// most that much.
@@ -116,7 +132,13 @@ impl LazySync {
     fn sync(&mut self, shared: &Shared) {
         self.since = None;
         let result = shared.db().and_then(|db| match &shared.wal {
-            Some(wal) => wal::checkpoint(&db, &mut *wal.lock().map_err(|_| StoreError::Closed)?),
+            Some(wal) => {
+                let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
+                wal::checkpoint(&db, &mut wal)?;
+                shared.metrics.wal_checkpoints.inc();
+                shared.metrics.wal_size.set(wal.len() as i64);
+                Ok(())
+            }
             None => {
                 let mut txn = db.begin_write()?;
                 txn.set_durability(Durability::Immediate)?;
@@ -294,8 +316,9 @@ fn commit_direct(
     // Kept until the commit has ended: the keys it frees refuse new leases meanwhile.
     let frees = shared.leases.batch();
     let txn = db.begin_write()?;
-    let outcomes = apply_and_replicate(shared, &txn, ops, &frees, released)?;
+    let (outcomes, delta) = apply_and_replicate(shared, &txn, ops, &frees, released)?;
     txn.commit()?;
+    shared.metrics.apply(delta);
     drop(frees);
     // A durable commit holds every earlier non-durable one: the log is done with.
     if let Some(wal) = &shared.wal {
@@ -383,6 +406,7 @@ fn commit_inner(
         Some(wal) => {
             let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
             let lsn = wal.next_lsn();
+            let logged_before = wal.len();
             // The record goes to the disk while the batch is applied; the commit that makes
             // the batch visible waits for it: a batch that fails to log is dropped whole, and
             // a reader never sees a write that is not durable.
@@ -393,7 +417,8 @@ fn commit_inner(
             });
             // A record that cannot be taken back must not outlive this process's reopen, which
             // a storage error brings about (see Wal::abandon).
-            outcomes = result.map_err(|e| match wal.abandon() {
+            let delta;
+            (outcomes, delta) = result.map_err(|e| match wal.abandon() {
                 true => e,
                 false => StoreError::Storage(format!("{e}; the log could not take it back")),
             })?;
@@ -404,11 +429,15 @@ fn commit_inner(
             // The client gets an error either way: the outcome is unknown, as after any
             // storage failure.
             txn.commit()?;
+            shared.metrics.apply(delta);
+            let m = &shared.metrics;
+            m.wal_bytes.add(wal.len().saturating_sub(logged_before));
             let checkpoint = if wal.len() >= wal::CHECKPOINT_BYTES {
-                wal::checkpoint(&db, &mut wal)
+                wal::checkpoint(&db, &mut wal).inspect(|_| m.wal_checkpoints.inc())
             } else {
                 Ok(())
             };
+            m.wal_size.set(wal.len() as i64);
             drop(wal);
             if let Err(e) = checkpoint {
                 // The batch is durable in the log; reopening replays it.
@@ -417,18 +446,23 @@ fn commit_inner(
             }
         }
         None => {
-            outcomes = apply_and_replicate(shared, &txn, &ops, &frees, released)?;
+            let delta;
+            (outcomes, delta) = apply_and_replicate(shared, &txn, &ops, &frees, released)?;
             applied = start.elapsed();
             txn.commit()?;
+            shared.metrics.apply(delta);
             // A durable commit holds every earlier non-durable one: the log is done with.
             if shared.opts.durable
                 && !frees_only
                 && let Some(wal) = &shared.wal
             {
                 wal.lock().map_err(|_| StoreError::Closed)?.reset();
+                shared.metrics.wal_size.set(0);
             }
         }
     }
+    shared.metrics.batch_ops.observe(batch.len() as u64);
+    shared.metrics.commit_time.time(start.elapsed());
     tracing::trace!(
         ops = batch.len(),
         logged = log.is_some(),
@@ -445,17 +479,19 @@ fn apply_and_replicate(
     batch: &[&WriteOp],
     frees: &Arc<FreeBatch>,
     released: &[[u8; 20]],
-) -> Result<Vec<Outcome>, StoreError> {
+) -> Result<(Vec<Outcome>, StoreDelta), StoreError> {
     let mut t = Tables::open_leased(txn, shared.layout, Arc::clone(frees))?;
-    let outcomes = apply(&mut t, batch, shared.opts.recovery.as_deref())?;
+    let recovery = shared.opts.recovery.as_deref();
+    let outcomes = apply(&mut t, batch, recovery.map(|r| (r, &*shared.metrics)))?;
     for key in released {
         t.free_pending(BlobKey(*key))?;
     }
+    let delta = t.delta;
     drop(t);
     if let Some(rec) = &shared.opts.recovery {
-        replicate(rec.as_ref(), batch)?;
+        replicate(rec.as_ref(), batch, &shared.metrics)?;
     }
-    Ok(outcomes)
+    Ok((outcomes, delta))
 }
 
 /// At shutdown: makes every logged batch durable in the database and empties the log, so the
@@ -478,6 +514,7 @@ pub(crate) fn final_checkpoint(shared: &Shared) {
 fn replicate(
     rec: &dyn crate::recovery::RecoveryStore,
     batch: &[&WriteOp],
+    m: &StoreMetrics,
 ) -> Result<(), StoreError> {
     let rec_err = |e: crate::recovery::RecoveryError| StoreError::Recovery(e.to_string());
     // The recovery interface takes slices: map the spooled files of the batch's puts first.
@@ -508,13 +545,20 @@ fn replicate(
             }),
             WriteOp::Delete { target, .. } => {
                 if !puts.is_empty() {
-                    rec.put(&puts).map_err(rec_err)?;
+                    m.recovery(RecoveryCall::Put, || rec.put(&puts))
+                        .map_err(rec_err)?;
                     puts.clear();
                 }
                 match target {
-                    DeleteTarget::Content(k) => rec.delete(&BlobId::Content(*k)),
-                    DeleteTarget::Named(j, n) => rec.delete(&BlobId::Named(*j, n.clone())),
-                    DeleteTarget::Job(j) => rec.delete_job(j),
+                    DeleteTarget::Content(k) => {
+                        m.recovery(RecoveryCall::Delete, || rec.delete(&BlobId::Content(*k)))
+                    }
+                    DeleteTarget::Named(j, n) => m.recovery(RecoveryCall::Delete, || {
+                        rec.delete(&BlobId::Named(*j, n.clone()))
+                    }),
+                    DeleteTarget::Job(j) => {
+                        m.recovery(RecoveryCall::DeleteJob, || rec.delete_job(j))
+                    }
                 }
                 .map_err(rec_err)?;
             }
@@ -522,7 +566,8 @@ fn replicate(
         }
     }
     if !puts.is_empty() {
-        rec.put(&puts).map_err(rec_err)?;
+        m.recovery(RecoveryCall::Put, || rec.put(&puts))
+            .map_err(rec_err)?;
     }
     Ok(())
 }
@@ -537,6 +582,8 @@ pub(crate) struct Tables<'t> {
     /// The store's leases, when GETs may be reading: leased content is not freed but left
     /// pending. `None` where no reader exists (a first open, the recovery store).
     frees: Option<Arc<FreeBatch>>,
+    /// What this transaction changed of the store's figures (`crate::metrics`).
+    pub delta: StoreDelta,
 }
 
 impl<'t> Tables<'t> {
@@ -549,6 +596,7 @@ impl<'t> Tables<'t> {
             pending: txn.open_table(PENDING_FREE)?,
             layout,
             frees: None,
+            delta: StoreDelta::default(),
         })
     }
 
@@ -568,7 +616,7 @@ impl<'t> Tables<'t> {
 fn apply(
     t: &mut Tables<'_>,
     batch: &[&WriteOp],
-    recovery: Option<&dyn RecoveryStore>,
+    recovery: Option<(&dyn RecoveryStore, &StoreMetrics)>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut out = Vec::with_capacity(batch.len());
     for &op in batch {
@@ -602,7 +650,7 @@ impl Tables<'_> {
         &self,
         key: BlobKey,
         target: &PutTarget,
-        recovery: Option<&dyn RecoveryStore>,
+        recovery: Option<(&dyn RecoveryStore, &StoreMetrics)>,
     ) -> Result<bool, StoreError> {
         let (present, id) = match target {
             PutTarget::Content => (
@@ -621,8 +669,8 @@ impl Tables<'_> {
         }
         match recovery {
             None => Ok(true),
-            Some(rec) => Ok(rec
-                .key_of(&id)
+            Some((rec, m)) => Ok(m
+                .recovery(RecoveryCall::KeyOf, || rec.key_of(&id))
                 .map_err(|e| StoreError::Recovery(e.to_string()))?
                 == Some(key)),
         }
@@ -660,6 +708,7 @@ impl Tables<'_> {
             .content
             .get(key.0)?
             .map(|m| ContentMeta::decode(&m.value()));
+        let before = existing.map(|m| (m.len, m.pinned));
         let mut meta = match existing {
             Some(m) => m,
             None => {
@@ -710,14 +759,19 @@ impl Tables<'_> {
                     Some(old) => {
                         meta.named_refs += 1;
                         self.content.insert(key.0, meta.encode())?;
+                        self.delta.content(before, Some((meta.len, meta.pinned)));
                         self.release(BlobKey(old), false)?;
                         return Ok(key);
                     }
-                    None => meta.named_refs += 1,
+                    None => {
+                        meta.named_refs += 1;
+                        self.delta.named_blobs += 1;
+                    }
                 }
             }
         }
         self.content.insert(key.0, meta.encode())?;
+        self.delta.content(before, Some((meta.len, meta.pinned)));
         Ok(key)
     }
 
@@ -730,6 +784,7 @@ impl Tables<'_> {
         else {
             return Ok(false);
         };
+        let before = Some((meta.len, meta.pinned));
         if pin {
             if !meta.pinned {
                 return Ok(false);
@@ -740,8 +795,10 @@ impl Tables<'_> {
         }
         if meta.is_live() {
             self.content.insert(key.0, meta.encode())?;
+            self.delta.content(before, Some((meta.len, meta.pinned)));
         } else {
             self.content.remove(key.0)?;
+            self.delta.content(before, None);
             self.free_chunks(key, meta.len)?;
         }
         Ok(true)
@@ -797,6 +854,7 @@ impl Tables<'_> {
                     .map(|g| g.value());
                 match old {
                     Some(k) => {
+                        self.delta.named_blobs -= 1;
                         self.release(BlobKey(k), false)?;
                         Ok(1)
                     }
@@ -807,6 +865,7 @@ impl Tables<'_> {
                 let names = job_names(&self.named, job)?;
                 for (name, key) in &names {
                     self.named.remove((job.0, name.as_str()))?;
+                    self.delta.named_blobs -= 1;
                     self.release(*key, false)?;
                 }
                 Ok(names.len() as u64)
