@@ -557,3 +557,28 @@ fn endpoint_of(server: &blobvault::BlobServer) -> AdminServer {
     )
     .unwrap()
 }
+
+#[test]
+fn a_request_cut_off_by_a_deadline_counts_as_failed() {
+    use blobvault::config::ServerConfig;
+    use blobvault::protocol::{self, PutTarget};
+    let mut config = ServerConfig::default();
+    config.deadlines.stall = Duration::from_millis(200);
+    let ts = TestServer::start_config(config);
+    let mut s = ts.raw();
+    let mut req = Vec::new();
+    protocol::encode_put_header(&PutTarget::Content, &mut req);
+    protocol::encode_chunk(b"half a body, then silence", &mut req);
+    s.write_all(&req).unwrap();
+    // The server cuts the stalled PUT off: wait for the close (bounded by IO_TIMEOUT).
+    let _ = until_closed(&mut s);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while ts.server.metrics().requests_of(Op::Put, Outcome::Error) == 0 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let m = ts.server.metrics();
+    assert_eq!(m.requests_of(Op::Put, Outcome::Error), 1);
+    assert_eq!(m.requests_of(Op::Put, Outcome::Ok), 0);
+    assert_eq!(m.duration_of(Op::Put).count, 1);
+}
