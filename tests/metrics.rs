@@ -557,3 +557,55 @@ fn endpoint_of(server: &blobvault::BlobServer) -> AdminServer {
     )
     .unwrap()
 }
+
+#[test]
+fn a_request_cut_off_by_a_deadline_counts_as_failed() {
+    use blobvault::config::ServerConfig;
+    use blobvault::protocol::{self, PutTarget};
+    let mut config = ServerConfig::default();
+    config.deadlines.stall = Duration::from_millis(200);
+    let ts = TestServer::start_config(config);
+    let mut s = ts.raw();
+    let mut req = Vec::new();
+    protocol::encode_put_header(&PutTarget::Content, &mut req);
+    protocol::encode_chunk(b"half a body, then silence", &mut req);
+    s.write_all(&req).unwrap();
+    // The server cuts the stalled PUT off: wait for the close (bounded by IO_TIMEOUT).
+    let _ = until_closed(&mut s);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while ts.server.metrics().requests_of(Op::Put, Outcome::Error) == 0 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let m = ts.server.metrics();
+    assert_eq!(m.requests_of(Op::Put, Outcome::Error), 1);
+    assert_eq!(m.requests_of(Op::Put, Outcome::Ok), 0);
+    assert_eq!(m.duration_of(Op::Put).count, 1);
+}
+
+#[test]
+fn the_listen_backlog_and_workers_are_reported() {
+    use blobvault::config::ServerConfig;
+    let config = ServerConfig {
+        backlog: 37,
+        num_concurrent: 3,
+        ..ServerConfig::default()
+    };
+    let ts = TestServer::start_config(config);
+    let m = ts.server.metrics();
+    assert_eq!(m.workers, 3);
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        // TCP_INFO of the listening socket: the limit as the kernel applies it (somaxconn caps).
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        assert_eq!(m.listen_queue_max, Some(37.min(cap)));
+        assert_eq!(
+            m.listen_queue,
+            Some(0),
+            "the acceptor keeps the queue empty"
+        );
+    }
+    assert!(m.workers_busy <= m.workers);
+}

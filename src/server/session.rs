@@ -630,6 +630,17 @@ impl Session {
     }
 }
 
+/// A request still under way when its connection goes (reset by the peer, cut off by a deadline,
+/// closed by the server): counted as failed, since no path that ends a request counted it.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(r) = self.request.take() {
+            self.metrics
+                .request(r.metric, Outcome::Error, r.started.elapsed());
+        }
+    }
+}
+
 impl Outgoing {
     /// Pulls the next few checked chunks from the store.
     fn refill(&mut self, peer: &str, metrics: &ServerMetrics) {
