@@ -7,11 +7,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::lease::FreeBatch;
+use super::replica::{RecoveryError, RecoveryItem, RecoveryStore};
 use super::schema::*;
 use super::{Shared, Spooled, StoreError, crc, oneshot, space, wal};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
-use crate::recovery::{RecoveryItem, RecoveryStore};
 
 pub(crate) enum WriteOp {
     Put {
@@ -475,11 +475,8 @@ pub(crate) fn final_checkpoint(shared: &Shared) {
 }
 
 /// Replays the batch's puts and deletes on the recovery store, in order, puts grouped.
-fn replicate(
-    rec: &dyn crate::recovery::RecoveryStore,
-    batch: &[&WriteOp],
-) -> Result<(), StoreError> {
-    let rec_err = |e: crate::recovery::RecoveryError| StoreError::Recovery(e.to_string());
+fn replicate(rec: &dyn RecoveryStore, batch: &[&WriteOp]) -> Result<(), StoreError> {
+    let rec_err = |e: RecoveryError| StoreError::Recovery(e.to_string());
     // The recovery interface takes slices: map the spooled files of the batch's puts first.
     let bytes = batch
         .iter()
