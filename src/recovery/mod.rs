@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Configuration, keys};
-pub use crate::store::{RecoveryError, RecoveryItem, RecoveryStore};
+pub use crate::store::{BlobBytes, RecoveryError, RecoveryItem, RecoveryStore};
 pub use redb_file::{RedbRecoveryStore, recovery_db_path};
 
 /// The recovery mode of Flink's `recovery.mode`.

@@ -159,7 +159,17 @@ impl RecoveryStore for RedbRecoveryStore {
                     BlobId::Content(_) => PutTarget::Content,
                     BlobId::Named(j, n) => PutTarget::Named(*j, n.clone()),
                 };
-                t.put(item.key, item.data, &target)?;
+                let data = item.data;
+                t.put_with(
+                    item.key,
+                    data.len(),
+                    |offset, buf| {
+                        data.read_at(offset, buf).map_err(|e| {
+                            StoreError::Storage(format!("replicating {}: {e}", item.id))
+                        })
+                    },
+                    &target,
+                )?;
             }
             Ok(())
         })

@@ -22,15 +22,104 @@ pub enum RecoveryError {
     Io(#[from] std::io::Error),
 }
 
+/// The bytes of a blob to replicate, read at any offset: a spooled upload (in memory or in a
+/// temp file) or a slice. A backend streams them in pieces of its choosing, so replicating a
+/// blob never needs the whole of it in memory.
+pub trait BlobBytes: Send + Sync {
+    /// The length in bytes.
+    fn len(&self) -> u64;
+    /// True when there are no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `buf` with the bytes at `offset`; fails when that runs past the end.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+fn slice_read_at(data: &[u8], offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    let src = usize::try_from(offset)
+        .ok()
+        .and_then(|start| data.get(start..start.checked_add(buf.len())?))
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+    buf.copy_from_slice(src);
+    Ok(())
+}
+
+impl BlobBytes for &[u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        slice_read_at(self, offset, buf)
+    }
+}
+
+impl BlobBytes for Vec<u8> {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        slice_read_at(self, offset, buf)
+    }
+}
+
+impl<const N: usize> BlobBytes for [u8; N] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        slice_read_at(self, offset, buf)
+    }
+}
+
 /// One blob to replicate: its identity, content key and bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RecoveryItem<'a> {
     /// Where the blob goes: by key, or by job and name.
     pub id: BlobId,
     /// Its content key (for a content blob, the key in `id`).
     pub key: BlobKey,
-    /// Its bytes.
-    pub data: &'a [u8],
+    /// Its bytes, read piece by piece.
+    pub data: &'a dyn BlobBytes,
+}
+
+impl std::fmt::Debug for RecoveryItem<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryItem")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("len", &self.data.len())
+            .finish()
+    }
+}
+
+impl RecoveryItem<'_> {
+    /// A sequential reader of the bytes.
+    pub fn reader(&self) -> ItemReader<'_> {
+        ItemReader {
+            data: self.data,
+            offset: 0,
+        }
+    }
+}
+
+/// A sequential reader over [`BlobBytes`] (see [`RecoveryItem::reader`]).
+pub struct ItemReader<'a> {
+    data: &'a dyn BlobBytes,
+    offset: u64,
+}
+
+impl Read for ItemReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.data.len().saturating_sub(self.offset);
+        let n = (buf.len() as u64).min(left) as usize;
+        self.data.read_at(self.offset, &mut buf[..n])?;
+        self.offset += n as u64;
+        Ok(n)
+    }
 }
 
 /// Where writes are replicated. Small and free of storage-engine types so that stores on other

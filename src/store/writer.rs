@@ -477,20 +477,8 @@ pub(crate) fn final_checkpoint(shared: &Shared) {
 /// Replays the batch's puts and deletes on the recovery store, in order, puts grouped.
 fn replicate(rec: &dyn RecoveryStore, batch: &[&WriteOp]) -> Result<(), StoreError> {
     let rec_err = |e: RecoveryError| StoreError::Recovery(e.to_string());
-    // The recovery interface takes slices: map the spooled files of the batch's puts first.
-    let bytes = batch
-        .iter()
-        .map(|op| match op {
-            WriteOp::Put {
-                blob,
-                local_only: false,
-                ..
-            } => blob.bytes().map(Some),
-            _ => Ok(None),
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
     let mut puts: Vec<RecoveryItem<'_>> = Vec::new();
-    for (&op, data) in batch.iter().zip(&bytes) {
+    for &op in batch {
         match op {
             WriteOp::Put {
                 local_only: true, ..
@@ -501,7 +489,7 @@ fn replicate(rec: &dyn RecoveryStore, batch: &[&WriteOp]) -> Result<(), StoreErr
                     PutTarget::Named(j, n) => BlobId::Named(*j, n.clone()),
                 },
                 key: blob.key(),
-                data: data.as_deref().unwrap_or(&[]),
+                data: blob,
             }),
             WriteOp::Delete { target, .. } => {
                 if !puts.is_empty() {
