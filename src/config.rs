@@ -41,9 +41,23 @@ pub mod keys {
     pub const RECOVERY_PATH: &str = "state.backend.fs.dir.recovery";
     /// Seconds between library clean-ups.
     pub const CLEANUP_INTERVAL: &str = "library-cache-manager.cleanup.interval";
+    /// Object-store recovery: the S3 endpoint URL (Flink's S3 file systems' key).
+    pub const S3_ENDPOINT: &str = "s3.endpoint";
+    /// Object-store recovery: the access key.
+    pub const S3_ACCESS_KEY: &str = "s3.access-key";
+    /// Object-store recovery: the secret key (never logged).
+    pub const S3_SECRET_KEY: &str = "s3.secret-key";
+    /// Object-store recovery: `true` for path-style requests (the default with an endpoint).
+    pub const S3_PATH_STYLE: &str = "s3.path.style.access";
+    /// Object-store recovery: seconds one replication may take before the PUT fails (30).
+    pub const RECOVERY_TIMEOUT: &str = "blob.recovery.timeout";
+    /// Object-store recovery: seconds content must be unreferenced before GC collects it (3600).
+    pub const RECOVERY_GC_GRACE: &str = "blob.recovery.gc.grace";
+    /// Object-store recovery: seconds between a server's garbage collections (0: none, default).
+    pub const RECOVERY_GC_INTERVAL: &str = "blob.recovery.gc.interval";
 
     /// Every key above: the others of a configuration are ignored (with a warning).
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 16] = [
         FETCH_CONCURRENT,
         FETCH_BACKLOG,
         FETCH_RETRIES,
@@ -53,6 +67,13 @@ pub mod keys {
         STATE_BACKEND,
         RECOVERY_PATH,
         CLEANUP_INTERVAL,
+        S3_ENDPOINT,
+        S3_ACCESS_KEY,
+        S3_SECRET_KEY,
+        S3_PATH_STYLE,
+        RECOVERY_TIMEOUT,
+        RECOVERY_GC_GRACE,
+        RECOVERY_GC_INTERVAL,
     ];
 }
 

@@ -5,7 +5,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use blobvault::config::{Configuration, ServerConfig};
-use blobvault::recovery::{RecoveryStore, RedbRecoveryStore, recovery_dir_from_config};
+use blobvault::recovery::{
+    RecoveryStore, RecoveryTarget, RedbRecoveryStore, recovery_dir_from_config,
+};
 use blobvault::store::{FaultSwitch, StoreOptions};
 use blobvault::{BlobClient, BlobId, BlobKey, BlobServer, JobId};
 
@@ -171,7 +173,12 @@ fn flink_recovery_keys() {
     conf.set("state.backend.fs.dir.recovery", "file:///shared/flink");
     assert_eq!(
         recovery_dir_from_config(&conf).unwrap(),
-        Some("/shared/flink".into())
+        Some(RecoveryTarget::File("/shared/flink".into()))
+    );
+    conf.set("state.backend.fs.dir.recovery", "s3://flink-ha/blob");
+    assert_eq!(
+        recovery_dir_from_config(&conf).unwrap(),
+        Some(RecoveryTarget::ObjectStore("s3://flink-ha/blob".into()))
     );
     conf.set("state.backend", "jobmanager");
     assert!(recovery_dir_from_config(&conf).is_err());
@@ -180,6 +187,30 @@ fn flink_recovery_keys() {
     assert!(recovery_dir_from_config(&conf).is_err());
     conf.set("recovery.mode", "paxos");
     assert!(recovery_dir_from_config(&conf).is_err());
+}
+
+#[test]
+fn recovery_uris_name_a_file_or_an_object_store_and_any_other_scheme_is_refused() {
+    let parse = |s: &str| RecoveryTarget::parse(s).map_err(|e| e.to_string());
+    assert_eq!(parse("/mnt/ha"), Ok(RecoveryTarget::File("/mnt/ha".into())));
+    assert_eq!(parse("ha/dir"), Ok(RecoveryTarget::File("ha/dir".into())));
+    assert_eq!(
+        parse("file:///mnt/ha"),
+        Ok(RecoveryTarget::File("/mnt/ha".into()))
+    );
+    assert_eq!(
+        parse("s3://blobs/ha"),
+        Ok(RecoveryTarget::ObjectStore("s3://blobs/ha".into()))
+    );
+    // Before: taken as the relative path ./s3:/bucket/x.
+    let e = parse("hdfs://namenode/ha").unwrap_err();
+    assert!(e.contains("unknown scheme hdfs://"), "{e}");
+    assert!(e.contains("s3://bucket/prefix"), "{e}");
+    let e = parse("s3:///no-bucket").unwrap_err();
+    assert!(e.contains("no bucket"), "{e}");
+    let e = parse("file://relative/x").unwrap_err();
+    assert!(e.contains("file:///path"), "{e}");
+    assert!(parse(" ").unwrap_err().contains("empty"));
 }
 
 /// A server process with a local store and a recovery directory.

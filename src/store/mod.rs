@@ -37,7 +37,7 @@ pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
 pub use memory::MemoryImage;
 pub use read::{BORROW_AFTER, BlobReader, Chunk, SNAPSHOT_MAX_AGE};
-pub use replica::{BlobBytes, ItemReader, RecoveryError, RecoveryItem, RecoveryStore};
+pub use replica::{BlobBytes, GcReport, ItemReader, RecoveryError, RecoveryItem, RecoveryStore};
 #[doc(hidden)]
 pub use sim::SimDisk;
 pub use space::{DEFAULT_RESERVE_BYTES, RESERVE_FILE};

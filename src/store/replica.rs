@@ -139,4 +139,24 @@ pub trait RecoveryStore: Send + Sync + std::fmt::Debug {
     fn list(&self) -> Result<Vec<BlobId>, RecoveryError>;
     /// Removes everything.
     fn purge(&self) -> Result<(), RecoveryError>;
+    /// Collects stored bytes no blob refers to any more. A backend that frees them as it goes
+    /// (the redb file) has nothing to do: the default reports nothing collected.
+    fn gc(&self) -> Result<GcReport, RecoveryError> {
+        Ok(GcReport::default())
+    }
+}
+
+/// What a garbage collection of a recovery store found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Content objects found.
+    pub content_objects: u64,
+    /// Of them, deleted: no blob referred to them.
+    pub deleted: u64,
+    /// Kept: a blob refers to them.
+    pub kept_referenced: u64,
+    /// Kept: younger than the grace period.
+    pub kept_young: u64,
+    /// Skipped: another collection holds them.
+    pub skipped_marked: u64,
 }
