@@ -308,18 +308,26 @@ impl Seaweed {
         filer_args.extend(ip.clone());
         procs.push(("filer".to_string(), filer_args));
         procs.push(("s3".to_string(), sw.s3_args()));
-        {
-            let mut slot = sw.procs.lock().unwrap_or_else(|e| e.into_inner());
-            for (name, args) in procs {
-                let child = sw.spawn_proc(&name, &args);
-                slot.push(Proc {
-                    name,
-                    args,
-                    child: Some(child),
-                });
+        // Started in stages by wait_ready.
+        *sw.procs.lock().unwrap_or_else(|e| e.into_inner()) = procs
+            .into_iter()
+            .map(|(name, args)| Proc {
+                name,
+                args,
+                child: None,
+            })
+            .collect();
+        sw
+    }
+
+    /// Spawns the processes not yet started whose name starts with one of `names`.
+    fn launch(&self, names: &[&str]) {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        for p in procs.iter_mut() {
+            if p.child.is_none() && names.iter().any(|n| p.name.starts_with(n)) {
+                p.child = Some(self.spawn_proc(&p.name, &p.args));
             }
         }
-        sw
     }
 
     fn s3_args(&self) -> Vec<String> {
@@ -422,12 +430,16 @@ impl Seaweed {
         None
     }
 
+    /// Starts the processes in order, each stage once the one before is ready (a volume server
+    /// started before the master leads retries only 5 s later).
     fn wait_ready(&self) -> Result<(), String> {
+        self.launch(&["master"]);
         let master = format!("127.0.0.1:{}", self.master.http);
         self.poll("the master to lead", || {
             http_get(&master, "/cluster/status")
                 .is_ok_and(|(s, b)| s == 200 && b.contains("\"IsLeader\":true"))
         })?;
+        self.launch(&["volume", "filer"]);
         self.poll("every volume server to register", || {
             self.data_nodes()
                 .is_ok_and(|n| n.len() == self.volumes.len())
@@ -436,6 +448,7 @@ impl Seaweed {
         self.poll("the filer", || {
             http_get(&filer, "/").is_ok_and(|(s, _)| s == 200)
         })?;
+        self.launch(&["s3"]);
         self.wait_gateway()
     }
 
