@@ -2,6 +2,8 @@
 //! request/response helpers, decoders driven over arbitrary splits, and a seeded PRNG.
 #![allow(dead_code)]
 
+pub mod seaweed;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
