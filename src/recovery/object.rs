@@ -168,8 +168,13 @@ impl std::fmt::Debug for ObjectStoreConfig {
     }
 }
 
-/// The object-store recovery backend (see the module docs for its layout and guarantees).
-pub struct ObjectRecoveryStore {
+/// The object-store recovery backend (see the module docs for its layout and guarantees). A
+/// handle: clones share one connection pool and runtime.
+#[derive(Clone)]
+pub struct ObjectRecoveryStore(Arc<Backend>);
+
+/// What an [`ObjectRecoveryStore`] holds.
+struct Backend {
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
     /// `s3://bucket/prefix at <endpoint>`: what every error names.
@@ -181,7 +186,7 @@ pub struct ObjectRecoveryStore {
 impl std::fmt::Debug for ObjectRecoveryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ObjectRecoveryStore")
-            .field("location", &self.location)
+            .field("location", &self.0.location)
             .finish()
     }
 }
@@ -215,7 +220,7 @@ impl ObjectRecoveryStore {
     /// Opens the store `config` names and probes it (one listing of the prefix), so that bad
     /// credentials, a missing bucket or an unreachable endpoint fail here, naming endpoint and
     /// bucket, not at the first PUT.
-    pub fn open(config: &ObjectStoreConfig) -> Result<Arc<ObjectRecoveryStore>, RecoveryError> {
+    pub fn open(config: &ObjectStoreConfig) -> Result<ObjectRecoveryStore, RecoveryError> {
         // reqwest is built without a bundled TLS provider (aws-lc-rs is a slow C build): ring.
         // An error means one is installed already, which serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -318,7 +323,7 @@ impl ObjectRecoveryStore {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("cannot start its runtime: {e}")))?;
-        let this = ObjectRecoveryStore {
+        let this = Backend {
             store,
             prefix: path,
             location,
@@ -327,14 +332,22 @@ impl ObjectRecoveryStore {
         };
         this.probe()?;
         tracing::info!(location = %this.location, "recovery store open (object store)");
-        Ok(Arc::new(this))
+        Ok(ObjectRecoveryStore(Arc::new(this)))
     }
 
-    /// Where the store is, as errors name it.
+    /// Where the store is, as errors name it: `URI at ENDPOINT`.
     pub fn location(&self) -> &str {
-        &self.location
+        &self.0.location
     }
 
+    /// Collects content no reference names (see the module docs). Takes at least twice
+    /// [`ObjectStoreSettings::timeout`] when there is something to collect.
+    pub fn gc(&self) -> Result<GcReport, RecoveryError> {
+        self.0.gc()
+    }
+}
+
+impl Backend {
     fn probe(&self) -> Result<(), RecoveryError> {
         let prefix = self.prefix.clone();
         let store = Arc::clone(&self.store);
@@ -599,7 +612,7 @@ impl ObjectRecoveryStore {
             .into_iter()
             .map(|(id, path)| {
                 async move {
-                    ObjectRecoveryStore::read_ref(store, &path, &id)
+                    Backend::read_ref(store, &path, &id)
                         .await
                         .map(|k| k.map(|k| (id, k)))
                 }
@@ -711,9 +724,7 @@ impl ObjectRecoveryStore {
         }
     }
 
-    /// Collects content no reference names (see the module docs). Takes at least twice
-    /// [`ObjectStoreSettings::timeout`] when there is something to collect.
-    pub fn gc(&self) -> Result<GcReport, RecoveryError> {
+    fn gc(&self) -> Result<GcReport, RecoveryError> {
         // Its own bound: a pass waits twice the PUT timeout and may list a large bucket.
         let f = self.gc_pass();
         let out = if tokio::runtime::Handle::try_current().is_ok() {
@@ -746,7 +757,7 @@ fn gc_settle(s: &ObjectStoreSettings) -> Duration {
 
 /// A streamed read of one object: one body chunk in memory at a time.
 struct ObjectReader {
-    owner: Arc<ObjectRecoveryStore>,
+    owner: Arc<Backend>,
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     chunk: Bytes,
 }
@@ -776,24 +787,23 @@ impl Read for ObjectReader {
     }
 }
 
-/// The trait is implemented on the `Arc` (what the store holds): a reader keeps the backend alive.
-impl RecoveryStore for Arc<ObjectRecoveryStore> {
+impl RecoveryStore for ObjectRecoveryStore {
     fn put(&self, items: &[RecoveryItem<'_>]) -> Result<(), RecoveryError> {
         if items.is_empty() {
             return Ok(());
         }
-        let this: &ObjectRecoveryStore = self;
+        let this: &Backend = &self.0;
         this.run("replicating a PUT", this.put_batch(items))
     }
 
     fn get(&self, id: &BlobId) -> Result<Option<Box<dyn Read + Send>>, RecoveryError> {
-        let store = Arc::clone(&self.store);
-        let ref_path = self.ref_path(id);
+        let store = Arc::clone(&self.0.store);
+        let ref_path = self.0.ref_path(id);
         let id2 = id.clone();
-        let this: &ObjectRecoveryStore = self;
+        let this: &Backend = &self.0;
         let content = |k: &BlobKey| this.content_path(k);
-        let found = self.run("reading", async move {
-            let Some(key) = ObjectRecoveryStore::read_ref(&*store, &ref_path, &id2).await? else {
+        let found = self.0.run("reading", async move {
+            let Some(key) = Backend::read_ref(&*store, &ref_path, &id2).await? else {
                 return Ok::<_, String>(None);
             };
             let path = content(&key);
@@ -807,7 +817,7 @@ impl RecoveryStore for Arc<ObjectRecoveryStore> {
         })?;
         Ok(found.map(|stream| {
             Box::new(ObjectReader {
-                owner: Arc::clone(self),
+                owner: Arc::clone(&self.0),
                 stream,
                 chunk: Bytes::new(),
             }) as Box<dyn Read + Send>
@@ -815,17 +825,17 @@ impl RecoveryStore for Arc<ObjectRecoveryStore> {
     }
 
     fn key_of(&self, id: &BlobId) -> Result<Option<BlobKey>, RecoveryError> {
-        let path = self.ref_path(id);
-        self.run(
+        let path = self.0.ref_path(id);
+        self.0.run(
             "reading a reference",
-            ObjectRecoveryStore::read_ref(&*self.store, &path, id),
+            Backend::read_ref(&*self.0.store, &path, id),
         )
     }
 
     fn delete(&self, id: &BlobId) -> Result<(), RecoveryError> {
-        let path = self.ref_path(id);
-        self.run("deleting", async {
-            match self.store.delete(&path).await {
+        let path = self.0.ref_path(id);
+        self.0.run("deleting", async {
+            match self.0.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(format!("deleting {path}: {e}")),
             }
@@ -833,7 +843,7 @@ impl RecoveryStore for Arc<ObjectRecoveryStore> {
     }
 
     fn delete_job(&self, job: &JobId) -> Result<(), RecoveryError> {
-        let this: &ObjectRecoveryStore = self;
+        let this: &Backend = &self.0;
         this.run("deleting a job", async {
             let paths = this.list_paths(&format!("named/{job}")).await?;
             let deletes: Vec<Job<'_, ()>> = paths
@@ -855,7 +865,7 @@ impl RecoveryStore for Arc<ObjectRecoveryStore> {
     }
 
     fn list(&self) -> Result<Vec<BlobId>, RecoveryError> {
-        let this: &ObjectRecoveryStore = self;
+        let this: &Backend = &self.0;
         let mut ids: Vec<BlobId> = this
             .run("listing", this.references())?
             .into_iter()
@@ -866,7 +876,7 @@ impl RecoveryStore for Arc<ObjectRecoveryStore> {
     }
 
     fn purge(&self) -> Result<(), RecoveryError> {
-        let this: &ObjectRecoveryStore = self;
+        let this: &Backend = &self.0;
         let n = this.run("purging", async {
             let all = this.list_paths("").await?;
             let n = all.len();
@@ -883,7 +893,7 @@ impl RecoveryStore for Arc<ObjectRecoveryStore> {
     }
 
     fn gc(&self) -> Result<GcReport, RecoveryError> {
-        ObjectRecoveryStore::gc(self)
+        self.0.gc()
     }
 }
 

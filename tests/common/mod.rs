@@ -2,6 +2,7 @@
 //! request/response helpers, decoders driven over arbitrary splits, and a seeded PRNG.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod seaweed;
 
 use std::io::{self, Read, Write};
