@@ -26,6 +26,7 @@ both_backends!(
     read_repair_never_overrides_newer_writes,
     deletes_propagate_and_keep_shared_bytes,
     a_large_blob_round_trips_in_pieces,
+    a_cache_reads_the_recovery_store_when_every_server_is_down,
 );
 
 fn server_with_recovery(local: &Path, rec: Arc<dyn RecoveryStore>) -> BlobServer {
@@ -420,6 +421,64 @@ fn a_large_blob_round_trips_in_pieces(b: Backend) {
         assert_eq!(content.len(), 1, "{content:?}");
         assert_eq!(content[0].1, data.len() as u64);
     }
+}
+
+/// Workers keep starting jobs with every blob server down: the cache reads the recovery store,
+/// checking the bytes against the key (a damaged copy is refused).
+fn a_cache_reads_the_recovery_store_when_every_server_is_down(b: Backend) {
+    use blobvault::{BlobCache, CacheOptions};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(r) = b.open(tmp.path(), "cache_reads_recovery") else {
+        return;
+    };
+    let data = pseudo_random(300 * 1024, 17);
+    let mut s0 = server_with_recovery(&tmp.path().join("s0"), r.store.clone());
+    let addr = s0.local_addr();
+    let key = BlobClient::connect(addr).unwrap().put(&data).unwrap();
+    let damaged = BlobClient::connect(addr)
+        .unwrap()
+        .put(b"to be damaged")
+        .unwrap();
+    s0.shutdown();
+    drop(s0);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the server still answers"
+    );
+
+    let cache = BlobCache::open(
+        CacheOptions::new([addr])
+            .dir(tmp.path().join("cache"))
+            .retries(1)
+            .backoff(Duration::from_millis(1), Duration::from_millis(5))
+            .timeout(Duration::from_secs(2))
+            .recovery(r.reopen()),
+    )
+    .unwrap();
+    assert_eq!(cache.get(&key).unwrap().read().unwrap(), data);
+
+    if let Some(sw) = r.seaweed {
+        // Replace the stored bytes behind the store's back.
+        sw.filer_put(
+            &r.bucket,
+            &format!("ha/content/{damaged}"),
+            b"not those bytes",
+        );
+        let e = cache.get(&damaged).unwrap_err().to_string();
+        assert!(e.contains("recovery store's copy is damaged"), "{e}");
+        assert!(!cache.contains(&damaged));
+    }
+    // Neither a server nor the store has it: the error says both were tried.
+    let e = cache
+        .get(&BlobKey::of(b"never stored"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr.to_string()) && e.contains("recovery store"),
+        "{e}"
+    );
 }
 
 // ---- object store only: garbage collection, errors at open ----
