@@ -357,7 +357,8 @@ impl Backend {
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> RecoveryError {
-        let text = e.to_string();
+        // One line: S3 error bodies are XML over several.
+        let text = e.to_string().replace(['\r', '\n'], " ");
         let hint = if text.contains("NoSuchBucket") {
             "; the bucket does not exist: create it"
         } else if text.contains("InvalidAccessKeyId")
