@@ -654,6 +654,37 @@ mod object_gc {
         use std::io::Read as _;
     }
 
+    /// Bytes changed in the bucket behind the store's back are refused on read-repair, by key or
+    /// by name, and nothing is kept locally.
+    #[test]
+    fn read_repair_refuses_a_damaged_copy() {
+        let Some((tmp, r)) = object_store("read_repair_damaged") else {
+            return;
+        };
+        let s0 = StoreOptions::new(tmp.path().join("s0"))
+            .recovery(r.store.clone())
+            .open()
+            .unwrap();
+        let job = JobId::random();
+        let key = s0.put(b"original bytes").unwrap();
+        s0.put_named(job, "lib.jar", b"original bytes").unwrap();
+        let sw = r.seaweed.unwrap();
+        sw.filer_put(&r.bucket, &format!("ha/content/{key}"), b"tampered bytes");
+
+        let s1 = StoreOptions::new(tmp.path().join("s1"))
+            .recovery(r.reopen())
+            .open()
+            .unwrap();
+        for id in [BlobId::Content(key), BlobId::Named(job, "lib.jar".into())] {
+            let e = s1.fetch(&id).unwrap_err().to_string();
+            assert!(
+                e.contains("damaged") && e.contains("recovery copy"),
+                "{id}: {e}"
+            );
+            assert!(!s1.contains(&id).unwrap());
+        }
+    }
+
     fn open_err(
         sw: &Seaweed,
         uri: &str,
