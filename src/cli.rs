@@ -265,19 +265,34 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum RecoveryCmd {
     /// List the blobs held for failover.
-    #[command(after_help = "Example:\n  blobvault recovery ls --recovery-dir /mnt/ha/blobvault")]
-    Ls {
-        /// Recovery directory (as given to `serve --recovery-dir`).
-        #[arg(long, value_name = "DIR")]
-        recovery_dir: PathBuf,
-    },
+    #[command(
+        after_help = "Examples:\n  blobvault recovery ls --recovery-dir /mnt/ha/blobvault\n  \
+        AWS_ENDPOINT_URL=http://127.0.0.1:8333 AWS_ALLOW_HTTP=true blobvault recovery ls --recovery-dir s3://blobs/ha"
+    )]
+    Ls(RecoveryArgs),
+    /// Delete stored bytes no blob refers to any more (object stores; the redb file frees them
+    /// as it goes). Safe while servers run: see the README, "Object-store recovery".
+    #[command(
+        after_help = "Example:\n  blobvault recovery gc --recovery-dir s3://blobs/ha -D blob.recovery.gc.grace=3600"
+    )]
+    Gc(RecoveryArgs),
     /// Remove every blob held for failover (no running server needs them any more).
     #[command(after_help = "Example:\n  blobvault recovery purge --recovery-dir /mnt/ha/blobvault")]
-    Purge {
-        /// Recovery directory (as given to `serve --recovery-dir`).
-        #[arg(long, value_name = "DIR")]
-        recovery_dir: PathBuf,
-    },
+    Purge(RecoveryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RecoveryArgs {
+    /// Recovery store, as given to `serve --recovery-dir`: a directory, file:///path, or
+    /// s3://bucket/prefix.
+    #[arg(long, value_name = "URI")]
+    recovery_dir: String,
+    /// A Flink flink-conf.yaml to read (s3.* keys, blob.recovery.*); -D entries override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Configuration entries, e.g. -D s3.endpoint=http://127.0.0.1:8333.
+    #[arg(short = 'D', value_name = "KEY=VALUE", value_parser = parse_kv)]
+    conf: Vec<(String, String)>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -293,9 +308,11 @@ struct ServeArgs {
     /// Address to bind: an IP address or a host name (its first IPv4 address).
     #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
     bind: String,
-    /// Recovery directory on shared storage; turns recovery on.
-    #[arg(long, value_name = "DIR")]
-    recovery_dir: Option<PathBuf>,
+    /// Recovery store; turns recovery on: a directory on shared storage (or file:///path), or
+    /// s3://bucket/prefix for an object store (endpoint and credentials from AWS_ENDPOINT_URL,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP=true, or -D s3.*).
+    #[arg(long, value_name = "URI")]
+    recovery_dir: Option<String>,
     /// A Flink flink-conf.yaml (`key: value` lines) to read; -D entries override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -638,10 +655,17 @@ fn serve(a: ServeArgs) -> CliResult {
         .durable(!a.no_fsync)
         .no_fsync_interval(Duration::from_secs_f64(a.no_fsync_interval))
         .reserve_bytes(a.reserve_mib.saturating_mul(1024 * 1024));
-    if let Some(r) = &a.recovery_dir {
-        check_dir_arg(r, "--recovery-dir")?;
+    if let Some(r) = &a.recovery_dir
+        && let crate::recovery::RecoveryTarget::File(dir) =
+            crate::recovery::RecoveryTarget::parse(r)?
+    {
+        check_dir_arg(&dir, "--recovery-dir")?;
     }
     if let Some(r) = crate::recovery::from_cli_and_config(a.recovery_dir.as_deref(), &conf)? {
+        let interval = conf.get_i64(keys::RECOVERY_GC_INTERVAL, 0)?;
+        if interval > 0 {
+            periodic_gc(Arc::clone(&r), Duration::from_secs(interval as u64))?;
+        }
         opts = opts.recovery(r);
     }
     let store = opts.open().map_err(|e| store_fail(e, &dir, Use::Serve))?;
@@ -1156,31 +1180,64 @@ fn verify(dir: StoreDir, json: bool) -> CliResult {
     }
 }
 
+/// The server's periodic garbage collection of its recovery store, on a thread of its own.
+fn periodic_gc(rec: Arc<dyn crate::recovery::RecoveryStore>, every: Duration) -> CliResult {
+    std::thread::Builder::new()
+        .name("blobvault-recovery-gc".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                if let Err(e) = rec.gc() {
+                    tracing::warn!(error = %e, "recovery store garbage collection failed; next in {every:?}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
 fn recovery(cmd: RecoveryCmd) -> CliResult {
-    use crate::recovery::{RecoveryStore, RedbRecoveryStore, recovery_db_path};
-    let (RecoveryCmd::Ls { recovery_dir } | RecoveryCmd::Purge { recovery_dir }) = &cmd;
-    // Both need an existing recovery store: opening would create an empty one.
-    if !recovery_db_path(recovery_dir).is_file() {
+    use crate::recovery::{RecoveryTarget, recovery_db_path};
+    let (RecoveryCmd::Ls(a) | RecoveryCmd::Gc(a) | RecoveryCmd::Purge(a)) = &cmd;
+    let mut conf = match &a.config {
+        Some(path) => Configuration::load_file(path)?,
+        None => Configuration::new(),
+    };
+    for (k, v) in &a.conf {
+        conf.set(k, v);
+    }
+    let target = RecoveryTarget::parse(&a.recovery_dir)?;
+    // Each needs an existing recovery store: opening a redb file would create an empty one.
+    if let RecoveryTarget::File(dir) = &target
+        && !recovery_db_path(dir).is_file()
+    {
         return Err(Fail::new(format!(
             "no recovery store at {} (no blob/recovery.redb in it)",
-            recovery_dir.display()
+            dir.display()
         )));
     }
+    let rec = target.open(&conf)?;
     match cmd {
-        RecoveryCmd::Ls { recovery_dir } => {
+        RecoveryCmd::Ls(_) => {
             let mut out = io::stdout().lock();
-            for id in RedbRecoveryStore::open(&recovery_dir)?.list()? {
+            for id in rec.list()? {
                 match id {
                     BlobId::Content(k) => writeln!(out, "{k}")?,
                     BlobId::Named(j, n) => writeln!(out, "{j}\t{n}")?,
                 }
             }
         }
-        RecoveryCmd::Purge { recovery_dir } => {
-            let rec = RedbRecoveryStore::open(&recovery_dir)?;
+        RecoveryCmd::Gc(_) => {
+            let r = rec.gc()?;
+            println!(
+                "collected {} of {} content objects in {target} ({} referenced, {} younger than \
+                 the grace period, {} held by another collection)",
+                r.deleted, r.content_objects, r.kept_referenced, r.kept_young, r.skipped_marked
+            );
+        }
+        RecoveryCmd::Purge(_) => {
             let n = rec.list()?.len();
             rec.purge()?;
-            println!("purged {n} blobs from {}", recovery_dir.display());
+            println!("purged {n} blobs from {target}");
         }
     }
     Ok(())

@@ -57,13 +57,27 @@ pub mod keys {
     /// blobvault: CA certificates clients must present a certificate of (as `--tls-client-ca`).
     pub const TLS_CLIENT_CA: &str = "blobvault.tls.client-ca";
 
-    /// Every key above: the others of a configuration are ignored (with a warning).
     /// `serve`: the port (or range) of the metrics endpoint, on the `--bind` address; off when
     /// absent. Flink's own Prometheus reporter key (whose port is 9249 by convention).
     pub const METRICS_PORT: &str = "metrics.reporter.prom.port";
 
+    /// Object-store recovery: the S3 endpoint URL (Flink's S3 file systems' key).
+    pub const S3_ENDPOINT: &str = "s3.endpoint";
+    /// Object-store recovery: the access key.
+    pub const S3_ACCESS_KEY: &str = "s3.access-key";
+    /// Object-store recovery: the secret key (never logged).
+    pub const S3_SECRET_KEY: &str = "s3.secret-key";
+    /// Object-store recovery: `true` for path-style requests (the default with an endpoint).
+    pub const S3_PATH_STYLE: &str = "s3.path.style.access";
+    /// Object-store recovery: seconds one replication may take before the PUT fails (30).
+    pub const RECOVERY_TIMEOUT: &str = "blob.recovery.timeout";
+    /// Object-store recovery: seconds content must be unreferenced before GC collects it (3600).
+    pub const RECOVERY_GC_GRACE: &str = "blob.recovery.gc.grace";
+    /// Object-store recovery: seconds between a server's garbage collections (0: none, default).
+    pub const RECOVERY_GC_INTERVAL: &str = "blob.recovery.gc.interval";
+
     /// Every key above: the others of a configuration are ignored (with a warning).
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 24] = [
         FETCH_CONCURRENT,
         FETCH_BACKLOG,
         FETCH_RETRIES,
@@ -81,6 +95,13 @@ pub mod keys {
         TLS_KEY,
         TLS_CLIENT_CA,
         METRICS_PORT,
+        S3_ENDPOINT,
+        S3_ACCESS_KEY,
+        S3_SECRET_KEY,
+        S3_PATH_STYLE,
+        RECOVERY_TIMEOUT,
+        RECOVERY_GC_GRACE,
+        RECOVERY_GC_INTERVAL,
     ];
 }
 

@@ -234,7 +234,7 @@ impl BlobService for StoreBlobService {
                 {
                     tracing::warn!(path = %path.display(), error = %e, "cannot remove stale library file");
                 }
-                match crate::recovery::read_repair(&self.store, &id)? {
+                match self.store.read_repair(&id)? {
                     Some(r) => r,
                     None => return Err(BlobServiceError::NotFound(*key)),
                 }

@@ -1,16 +1,33 @@
 //! Recovery: every write replicated to a shared recovery store; failover serves everything.
+//!
+//! The suite runs against both backends (`redb_file::*` and `object_store::*`, from
+//! `both_backends!`): the redb file and an S3 bucket on a real SeaweedFS. Object-store tests fail
+//! in CI when `weed` is missing and skip loudly elsewhere.
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use blobvault::config::{Configuration, ServerConfig};
-use blobvault::recovery::{RecoveryStore, RedbRecoveryStore, recovery_dir_from_config};
+use blobvault::recovery::{
+    RecoveryStore, RecoveryTarget, RedbRecoveryStore, recovery_dir_from_config,
+};
 use blobvault::store::{FaultSwitch, StoreOptions};
 use blobvault::{BlobClient, BlobId, BlobKey, BlobServer, JobId};
 
 mod common;
 use common::ServeProcess;
+use common::backends::Backend;
+
+both_backends!(
+    blob_recovery_itcase,
+    graceful_shutdown_keeps_recovery_data_and_purge_removes_it,
+    two_processes_share_a_recovery_dir_and_survive_kill_9,
+    read_repair_never_overrides_newer_writes,
+    deletes_propagate_and_keep_shared_bytes,
+    a_large_blob_round_trips_in_pieces,
+    a_cache_reads_the_recovery_store_when_every_server_is_down,
+);
 
 fn server_with_recovery(local: &Path, rec: Arc<dyn RecoveryStore>) -> BlobServer {
     let store = StoreOptions::new(local).recovery(rec).open().unwrap();
@@ -22,18 +39,23 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Port of Flink's BlobRecoveryITCase.
-#[test]
-fn blob_recovery_itcase() {
+fn blob_recovery_itcase(b: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let rec_dir = tmp.path().join("recovery");
-    let rec = RedbRecoveryStore::open(&rec_dir).unwrap();
-    // Servers in one process share one handle per path.
-    assert!(Arc::ptr_eq(
-        &rec,
-        &RedbRecoveryStore::open(&rec_dir).unwrap()
-    ));
+    let Some(r) = b.open(tmp.path(), "blob_recovery_itcase") else {
+        return;
+    };
+    let rec = r.store.clone();
+    if b == Backend::RedbFile {
+        // Servers in one process share one handle per path.
+        let a = RedbRecoveryStore::open(Path::new(&r.uri)).unwrap();
+        assert!(Arc::ptr_eq(
+            &a,
+            &RedbRecoveryStore::open(Path::new(&r.uri)).unwrap()
+        ));
+    }
     let s0 = server_with_recovery(&tmp.path().join("s0"), rec.clone());
-    let s1 = server_with_recovery(&tmp.path().join("s1"), rec.clone());
+    // Another server with its own handle on the same store.
+    let s1 = server_with_recovery(&tmp.path().join("s1"), r.reopen());
 
     let expected = pseudo_random(1024, 7);
     let (job0, job1) = (JobId::random(), JobId::random());
@@ -71,7 +93,7 @@ fn blob_recovery_itcase() {
     assert!(rec.list().unwrap().is_empty(), "{:?}", rec.list().unwrap());
     // Deleted blobs cannot come back through failover: a new server on a fresh directory
     // finds none of them.
-    let s2 = server_with_recovery(&tmp.path().join("s2"), rec.clone());
+    let s2 = server_with_recovery(&tmp.path().join("s2"), r.reopen());
     let mut c2 = BlobClient::connect(s2.local_addr()).unwrap();
     assert!(c2.get_bytes(&BlobId::Content(k0)).is_err());
     let mut c2 = BlobClient::connect(s2.local_addr()).unwrap();
@@ -81,11 +103,12 @@ fn blob_recovery_itcase() {
     );
 }
 
-#[test]
-fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it() {
+fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it(b: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let rec_dir = tmp.path().join("recovery");
-    let rec = RedbRecoveryStore::open(&rec_dir).unwrap();
+    let Some(r) = b.open(tmp.path(), "graceful_shutdown") else {
+        return;
+    };
+    let rec = r.store.clone();
     let mut s0 = server_with_recovery(&tmp.path().join("s0"), rec.clone());
     let key = BlobClient::connect(s0.local_addr())
         .unwrap()
@@ -106,8 +129,8 @@ fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it() {
 
     // Purge through the CLI, as an operator would.
     let out = Command::new(env!("CARGO_BIN_EXE_blobvault"))
-        .args(["recovery", "purge", "--recovery-dir"])
-        .arg(&rec_dir)
+        .args(["recovery", "purge", "--recovery-dir", &r.uri])
+        .envs(r.env())
         .output()
         .unwrap();
     assert!(
@@ -115,7 +138,14 @@ fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("purged 1 blobs from {}", r.uri)
+    );
     assert!(rec.list().unwrap().is_empty());
+    if b == Backend::ObjectStore {
+        assert_eq!(r.objects("ha/"), vec![], "purge leaves nothing");
+    }
 }
 
 #[test]
@@ -171,7 +201,12 @@ fn flink_recovery_keys() {
     conf.set("state.backend.fs.dir.recovery", "file:///shared/flink");
     assert_eq!(
         recovery_dir_from_config(&conf).unwrap(),
-        Some("/shared/flink".into())
+        Some(RecoveryTarget::File("/shared/flink".into()))
+    );
+    conf.set("state.backend.fs.dir.recovery", "s3://flink-ha/blob");
+    assert_eq!(
+        recovery_dir_from_config(&conf).unwrap(),
+        Some(RecoveryTarget::ObjectStore("s3://flink-ha/blob".into()))
     );
     conf.set("state.backend", "jobmanager");
     assert!(recovery_dir_from_config(&conf).is_err());
@@ -182,21 +217,47 @@ fn flink_recovery_keys() {
     assert!(recovery_dir_from_config(&conf).is_err());
 }
 
-/// A server process with a local store and a recovery directory.
-fn spawn(local: &Path, rec: &Path) -> ServeProcess {
+#[test]
+fn recovery_uris_name_a_file_or_an_object_store_and_any_other_scheme_is_refused() {
+    let parse = |s: &str| RecoveryTarget::parse(s).map_err(|e| e.to_string());
+    assert_eq!(parse("/mnt/ha"), Ok(RecoveryTarget::File("/mnt/ha".into())));
+    assert_eq!(parse("ha/dir"), Ok(RecoveryTarget::File("ha/dir".into())));
+    assert_eq!(
+        parse("file:///mnt/ha"),
+        Ok(RecoveryTarget::File("/mnt/ha".into()))
+    );
+    assert_eq!(
+        parse("s3://blobs/ha"),
+        Ok(RecoveryTarget::ObjectStore("s3://blobs/ha".into()))
+    );
+    // Before: taken as the relative path ./s3:/bucket/x.
+    let e = parse("hdfs://namenode/ha").unwrap_err();
+    assert!(e.contains("unknown scheme hdfs://"), "{e}");
+    assert!(e.contains("s3://bucket/prefix"), "{e}");
+    let e = parse("s3:///no-bucket").unwrap_err();
+    assert!(e.contains("no bucket"), "{e}");
+    let e = parse("file://relative/x").unwrap_err();
+    assert!(e.contains("file:///path"), "{e}");
+    assert!(parse(" ").unwrap_err().contains("empty"));
+}
+
+/// A server process with a local store and a recovery store.
+fn spawn(local: &Path, r: &common::backends::Recovery) -> ServeProcess {
     let args = [
         "--dir".as_ref(),
         local.as_os_str(),
         "--recovery-dir".as_ref(),
-        rec.as_os_str(),
+        r.uri.as_ref(),
     ];
-    ServeProcess::spawn(&args)
+    let log = local.with_extension("log");
+    ServeProcess::spawn_logging_env(&args, &log, &r.env())
 }
 
-#[test]
-fn two_processes_share_a_recovery_dir_and_survive_kill_9() {
+fn two_processes_share_a_recovery_dir_and_survive_kill_9(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let rec = tmp.path().join("recovery");
+    let Some(rec) = backend.open(tmp.path(), "two_processes") else {
+        return;
+    };
     let a = spawn(&tmp.path().join("a"), &rec);
     let b = spawn(&tmp.path().join("b"), &rec);
 
@@ -249,10 +310,12 @@ fn two_processes_share_a_recovery_dir_and_survive_kill_9() {
 }
 
 /// A read-repair that lost a race with a PUT or DELETE must not bring back old data.
-#[test]
-fn read_repair_never_overrides_newer_writes() {
+fn read_repair_never_overrides_newer_writes(b: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let rec = RedbRecoveryStore::open(&tmp.path().join("recovery")).unwrap();
+    let Some(r) = b.open(tmp.path(), "read_repair") else {
+        return;
+    };
+    let rec = r.store.clone();
     let store = StoreOptions::new(tmp.path().join("local"))
         .recovery(rec.clone())
         .open()
@@ -295,4 +358,382 @@ fn read_repair_never_overrides_newer_writes() {
             .unwrap(),
         b"new"
     );
+}
+
+/// DELETE by key keeps a named blob with the same bytes; a job delete removes that job's names
+/// only; both reach the recovery store, so a fresh server finds exactly what is left.
+fn deletes_propagate_and_keep_shared_bytes(b: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(r) = b.open(tmp.path(), "deletes_propagate") else {
+        return;
+    };
+    let s0 = server_with_recovery(&tmp.path().join("s0"), r.store.clone());
+    let mut c = BlobClient::connect(s0.local_addr()).unwrap();
+    let (j1, j2) = (JobId::random(), JobId::random());
+    let key = c.put(b"shared bytes").unwrap();
+    c.put_named(j1, "a", b"shared bytes").unwrap();
+    c.put_named(j2, "b", b"other bytes").unwrap();
+    c.put_named(j2, "", b"the empty name").unwrap();
+    c.delete(key).unwrap();
+    c.delete_job(j2).unwrap();
+    drop(c);
+    assert_eq!(r.store.list().unwrap(), vec![BlobId::Named(j1, "a".into())]);
+
+    let s1 = server_with_recovery(&tmp.path().join("s1"), r.reopen());
+    let mut c = BlobClient::connect(s1.local_addr()).unwrap();
+    assert_eq!(
+        c.get_bytes(&BlobId::Named(j1, "a".into())).unwrap(),
+        b"shared bytes"
+    );
+    for gone in [
+        BlobId::Content(key),
+        BlobId::Named(j2, "b".into()),
+        BlobId::Named(j2, String::new()),
+    ] {
+        let mut c = BlobClient::connect(s1.local_addr()).unwrap();
+        assert!(c.get_bytes(&gone).is_err(), "{gone} came back");
+    }
+}
+
+/// Bigger than a multipart part (8 MiB): up in parts, down as a stream, checked on arrival.
+fn a_large_blob_round_trips_in_pieces(b: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(r) = b.open(tmp.path(), "large_blob") else {
+        return;
+    };
+    let data = pseudo_random(20 * 1024 * 1024 + 3, 99);
+    let s0 = server_with_recovery(&tmp.path().join("s0"), r.store.clone());
+    let job = JobId::random();
+    BlobClient::connect(s0.local_addr())
+        .unwrap()
+        .put_named(job, "big.jar", &data)
+        .unwrap();
+    let key = BlobKey::of(&data);
+    drop(s0);
+    let s1 = server_with_recovery(&tmp.path().join("s1"), r.reopen());
+    let got = BlobClient::connect(s1.local_addr())
+        .unwrap()
+        .get_bytes(&BlobId::Named(job, "big.jar".into()))
+        .unwrap();
+    assert!(got == data, "the copy read back differs");
+    if b == Backend::ObjectStore {
+        let content = r.objects(&format!("ha/content/{key}"));
+        assert_eq!(content.len(), 1, "{content:?}");
+        assert_eq!(content[0].1, data.len() as u64);
+    }
+}
+
+/// Workers keep starting jobs with every blob server down: the cache reads the recovery store,
+/// checking the bytes against the key (a damaged copy is refused).
+fn a_cache_reads_the_recovery_store_when_every_server_is_down(b: Backend) {
+    use blobvault::{BlobCache, CacheOptions};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(r) = b.open(tmp.path(), "cache_reads_recovery") else {
+        return;
+    };
+    let data = pseudo_random(300 * 1024, 17);
+    let mut s0 = server_with_recovery(&tmp.path().join("s0"), r.store.clone());
+    let addr = s0.local_addr();
+    let key = BlobClient::connect(addr).unwrap().put(&data).unwrap();
+    let damaged = BlobClient::connect(addr)
+        .unwrap()
+        .put(b"to be damaged")
+        .unwrap();
+    s0.shutdown();
+    drop(s0);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the server still answers"
+    );
+
+    let cache = BlobCache::open(
+        CacheOptions::new([addr])
+            .dir(tmp.path().join("cache"))
+            .retries(1)
+            .backoff(Duration::from_millis(1), Duration::from_millis(5))
+            .timeout(Duration::from_secs(2))
+            .recovery(r.reopen()),
+    )
+    .unwrap();
+    assert_eq!(cache.get(&key).unwrap().read().unwrap(), data);
+
+    if let Some(sw) = r.seaweed {
+        // Replace the stored bytes behind the store's back.
+        sw.filer_put(
+            &r.bucket,
+            &format!("ha/content/{damaged}"),
+            b"not those bytes",
+        );
+        let e = cache.get(&damaged).unwrap_err().to_string();
+        assert!(e.contains("recovery store's copy is damaged"), "{e}");
+        assert!(!cache.contains(&damaged));
+    }
+    // Neither a server nor the store has it: the error says both were tried.
+    let e = cache
+        .get(&BlobKey::of(b"never stored"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr.to_string()) && e.contains("recovery store"),
+        "{e}"
+    );
+}
+
+// ---- object store only: garbage collection, errors at open ----
+
+mod object_gc {
+    use std::time::{Duration, Instant};
+
+    use blobvault::recovery::{MARKED, ObjectRecoveryStore};
+    use blobvault::store::StoreOptions;
+    use blobvault::{BlobId, BlobKey, JobId};
+
+    use super::common::backends::{Backend, Recovery, fast_settings, object_config};
+    use super::common::seaweed::Seaweed;
+
+    fn object_store(test: &str) -> Option<(tempfile::TempDir, Recovery)> {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Backend::ObjectStore.open(tmp.path(), test)?;
+        Some((tmp, r))
+    }
+
+    #[test]
+    fn gc_after_deleting_everything_leaves_no_blob_objects() {
+        let Some((tmp, r)) = object_store("gc_after_deleting_everything") else {
+            return;
+        };
+        let store = StoreOptions::new(tmp.path().join("s0"))
+            .recovery(r.store.clone())
+            .open()
+            .unwrap();
+        let job = JobId::random();
+        let k1 = store.put(b"content one").unwrap();
+        store.put_named(job, "same bytes", b"content one").unwrap();
+        store.put_named(job, "other", b"content two").unwrap();
+        let big = super::pseudo_random(9 * 1024 * 1024, 5);
+        let k3 = store.put(&big).unwrap();
+        assert_eq!(r.objects("ha/content/").len(), 3);
+
+        // Still referenced: nothing goes.
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (3, 0),
+            "{report:?}"
+        );
+
+        store.delete(blobvault::DeleteTarget::Content(k1)).unwrap();
+        // content one is still named: kept.
+        assert_eq!(r.store.gc().unwrap().deleted, 0);
+        store.delete(blobvault::DeleteTarget::Content(k3)).unwrap();
+        store.delete(blobvault::DeleteTarget::Job(job)).unwrap();
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (3, 3),
+            "{report:?}"
+        );
+        assert_eq!(
+            r.objects("ha/"),
+            vec![],
+            "the bucket still holds blob objects"
+        );
+    }
+
+    #[test]
+    fn gc_via_the_cli_reports_what_it_collected() {
+        let Some((_tmp, r)) = object_store("gc_via_the_cli") else {
+            return;
+        };
+        let key = BlobKey::of(b"orphan");
+        r.store
+            .put(&[blobvault::recovery::RecoveryItem {
+                id: BlobId::Content(key),
+                key,
+                data: b"orphan",
+            }])
+            .unwrap();
+        r.store.delete(&BlobId::Content(key)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
+            .args(["recovery", "gc", "--recovery-dir", &r.uri])
+            .args([
+                "-D",
+                "blob.recovery.gc.grace=0",
+                "-D",
+                "blob.recovery.timeout=2",
+            ])
+            .envs(r.env())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with(&format!("collected 1 of 1 content objects in {}", r.uri)),
+            "{stdout}"
+        );
+        assert_eq!(r.objects("ha/"), vec![]);
+    }
+
+    /// PUTs of the very content a collection is deleting, from another server, all through the
+    /// pass: each acknowledged one must still be readable afterwards.
+    #[test]
+    fn gc_racing_puts_of_the_same_content_never_deletes_acknowledged_bytes() {
+        let Some((tmp, r)) = object_store("gc_racing_puts") else {
+            return;
+        };
+        let data = b"content collected while it is put again".to_vec();
+        let key = BlobKey::of(&data);
+        // Unreferenced content: a candidate.
+        r.store
+            .put(&[blobvault::recovery::RecoveryItem {
+                id: BlobId::Content(key),
+                key,
+                data: &data,
+            }])
+            .unwrap();
+        r.store.delete(&BlobId::Content(key)).unwrap();
+
+        let other = StoreOptions::new(tmp.path().join("other"))
+            .recovery(r.reopen())
+            .open()
+            .unwrap();
+        let job = JobId::random();
+        let (acked, refused, report) = std::thread::scope(|s| {
+            let gc = s.spawn(|| r.store.gc());
+            // Start putting once the pass has marked the content (an event, not a sleep).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while r.objects("ha/gc/").is_empty() {
+                assert!(!gc.is_finished(), "the pass ended without marking anything");
+                assert!(Instant::now() < deadline, "no marker within 30 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let (mut acked, mut refused) = (Vec::new(), Vec::new());
+            for i in 0..5000 {
+                let name = format!("n{i}");
+                match other.put_named(job, &name, &data) {
+                    Ok(_) => acked.push(name),
+                    Err(e) => refused.push(e.to_string()),
+                }
+                if gc.is_finished() {
+                    // A few more after the pass, as the marker is gone.
+                    for j in 0..3 {
+                        let name = format!("after{j}");
+                        other.put_named(job, &name, &data).unwrap();
+                        acked.push(name);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (acked, refused, gc.join().unwrap().unwrap())
+        });
+        assert_eq!(report.deleted, 1, "{report:?}");
+        assert!(
+            !refused.is_empty(),
+            "no PUT ran while the content was marked"
+        );
+        assert!(refused.iter().all(|e| e.contains(MARKED)), "{refused:?}");
+        // Every acknowledged PUT's bytes are there, byte for byte, for a fresh reader.
+        let fresh = r.reopen();
+        for name in &acked {
+            let mut got = Vec::new();
+            fresh
+                .get(&BlobId::Named(job, name.clone()))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name} lost"))
+                .read_to_end(&mut got)
+                .unwrap();
+            assert_eq!(got, data, "{name}");
+        }
+        use std::io::Read as _;
+    }
+
+    /// Bytes changed in the bucket behind the store's back are refused on read-repair, by key or
+    /// by name, and nothing is kept locally.
+    #[test]
+    fn read_repair_refuses_a_damaged_copy() {
+        let Some((tmp, r)) = object_store("read_repair_damaged") else {
+            return;
+        };
+        let s0 = StoreOptions::new(tmp.path().join("s0"))
+            .recovery(r.store.clone())
+            .open()
+            .unwrap();
+        let job = JobId::random();
+        let key = s0.put(b"original bytes").unwrap();
+        s0.put_named(job, "lib.jar", b"original bytes").unwrap();
+        let sw = r.seaweed.unwrap();
+        sw.filer_put(&r.bucket, &format!("ha/content/{key}"), b"tampered bytes");
+
+        let s1 = StoreOptions::new(tmp.path().join("s1"))
+            .recovery(r.reopen())
+            .open()
+            .unwrap();
+        for id in [BlobId::Content(key), BlobId::Named(job, "lib.jar".into())] {
+            let e = s1.fetch(&id).unwrap_err().to_string();
+            assert!(
+                e.contains("damaged") && e.contains("recovery copy"),
+                "{id}: {e}"
+            );
+            assert!(!s1.contains(&id).unwrap());
+        }
+    }
+
+    fn open_err(
+        sw: &Seaweed,
+        uri: &str,
+        tweak: impl FnOnce(&mut blobvault::recovery::ObjectStoreConfig),
+    ) -> String {
+        let mut c = object_config(sw, uri, fast_settings());
+        tweak(&mut c);
+        let started = Instant::now();
+        let e = ObjectRecoveryStore::open(&c).unwrap_err().to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        e
+    }
+
+    #[test]
+    fn bad_credentials_a_missing_bucket_or_no_endpoint_fail_at_open_naming_endpoint_and_bucket() {
+        let Some(sw) = Seaweed::shared("open_errors") else {
+            return;
+        };
+        let bucket = sw.new_bucket("open");
+        let uri = sw.uri(&bucket, "ha");
+        let e = open_err(sw, &uri, |c| c.secret_key = Some("wrong-secret".into()));
+        assert!(e.contains(&uri) && e.contains(&sw.endpoint()), "{e}");
+        assert!(e.contains("refused the credentials"), "{e}");
+        assert!(!e.contains("wrong-secret"), "the secret leaked: {e}");
+
+        let missing = sw.uri("no-such-bucket-here", "ha");
+        let e = open_err(sw, &missing, |_| {});
+        assert!(
+            e.contains("no-such-bucket-here") && e.contains(&sw.endpoint()),
+            "{e}"
+        );
+        assert!(e.contains("bucket does not exist"), "{e}");
+
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dead = format!("http://127.0.0.1:{port}");
+        let e = open_err(sw, &uri, |c| c.endpoint = Some(dead.clone()));
+        assert!(e.contains(&dead) && e.contains(&bucket), "{e}");
+        assert!(e.contains("unreachable"), "{e}");
+
+        let e = open_err(sw, &uri, |c| c.allow_http = false);
+        assert!(e.contains("AWS_ALLOW_HTTP=true"), "{e}");
+    }
 }

@@ -2,6 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::store::RecoveryStore;
 use std::time::Duration;
 
 use crate::config::{ConfigError, Configuration, keys};
@@ -41,6 +44,10 @@ pub struct CacheOptions {
     /// Download over TLS, trusting the servers this configuration trusts (and presenting its
     /// client certificate, for servers that require one); `None` (default) is plaintext.
     pub tls: Option<crate::tls::ClientTls>,
+    /// The servers' recovery store (default none): when every attempt at every server has
+    /// failed, the blob is read from it instead, and checked against its key like any download.
+    /// Jobs keep starting while every blob server is down.
+    pub recovery: Option<Arc<dyn RecoveryStore>>,
 }
 
 impl CacheOptions {
@@ -56,7 +63,15 @@ impl CacheOptions {
             capacity: None,
             verify_on_open: true,
             tls: None,
+            recovery: None,
         }
+    }
+
+    /// Sets [`recovery`](Self::recovery): e.g.
+    /// `RecoveryTarget::parse(uri)?.open(&conf)?` for the URI the servers were given.
+    pub fn recovery(mut self, store: Arc<dyn RecoveryStore>) -> Self {
+        self.recovery = Some(store);
+        self
     }
 
     /// Defaults plus Flink's keys: `blob.fetch.retries` (a negative value logs a warning and

@@ -409,7 +409,7 @@ impl Session {
         let mut r = match store.get(id) {
             Ok(Some(r)) => r,
             // A local miss: read-repair from the recovery store, if there is one.
-            Ok(None) => match crate::recovery::read_repair(store, id) {
+            Ok(None) => match store.read_repair(id) {
                 Ok(Some(r)) => r,
                 // Routine for a cache probing servers: the reply says it, the log only at debug.
                 Ok(None) => {

@@ -15,6 +15,7 @@ mod logfile;
 mod memory;
 mod oneshot;
 mod read;
+mod replica;
 pub(crate) mod schema;
 mod sim;
 mod space;
@@ -38,6 +39,7 @@ pub(crate) use handle::DbHandle;
 pub use live::ListCursor;
 pub use memory::MemoryImage;
 pub use read::{BORROW_AFTER, BlobReader, Chunk, SNAPSHOT_MAX_AGE};
+pub use replica::{BlobBytes, GcReport, ItemReader, RecoveryError, RecoveryItem, RecoveryStore};
 #[doc(hidden)]
 pub use sim::SimDisk;
 pub use space::{DEFAULT_RESERVE_BYTES, RESERVE_FILE};
@@ -47,7 +49,6 @@ pub use wal::{LogEnd, LogReplay, WAL_FILE};
 
 use crate::key::{BlobId, BlobKey, JobId, check_name};
 use crate::protocol::{DeleteTarget, PutTarget};
-use crate::recovery::RecoveryStore;
 use lease::{Grant, Leases};
 use schema::*;
 use writer::WriteOp;
@@ -187,7 +188,7 @@ pub struct StoreOptions {
     pub chunk_size: usize,
     /// Storage fault injection (tests, chaos drills).
     pub faults: FaultSwitch,
-    /// Where writes are replicated for failover (see `recovery.rs`).
+    /// Where writes are replicated for failover (`replica.rs`; the backends are in `crate::recovery`).
     pub recovery: Option<Arc<dyn RecoveryStore>>,
     /// Keep the database in this image instead of `dir/blobs.redb` (`dir` still holds the
     /// upload spool). Nothing survives the process; `durable` has nothing to sync.
@@ -801,8 +802,64 @@ impl BlobStore {
     pub fn fetch(&self, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
         match self.get(id)? {
             Some(r) => Ok(Some(r)),
-            None => crate::recovery::read_repair(self, id),
+            None => self.read_repair(id),
         }
+    }
+
+    /// A blob missing locally: fetch it from the store's recovery store, keep it locally, and open
+    /// it. `Ok(None)` when there is no recovery store or it lacks the blob too. Content fetched by
+    /// key is checked against the key before it is kept.
+    pub(crate) fn read_repair(&self, id: &BlobId) -> Result<Option<BlobReader>, StoreError> {
+        let store = self;
+        let Some(rec) = store.recovery() else {
+            return Ok(None);
+        };
+        let Some(mut reader) = store
+            .counters()
+            .recovery(crate::metrics::RecoveryCall::Get, || rec.get(id))
+            .map_err(|e| StoreError::Recovery(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let mut up = store.upload();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            up.write(&buf[..n])?;
+        }
+        let spooled = up.finish()?;
+        let target = match id {
+            BlobId::Content(k) => {
+                if spooled.key() != *k {
+                    return Err(StoreError::Damaged {
+                        key: *k,
+                        what: format!("recovery copy hashes to {}", spooled.key()),
+                    });
+                }
+                PutTarget::Content
+            }
+            BlobId::Named(j, n) => {
+                // Checked against the key the recovery store names, as content is against its
+                // key: a damaged copy is an error, not a silent miss.
+                let named = rec
+                    .key_of(id)
+                    .map_err(|e| StoreError::Recovery(e.to_string()))?;
+                if let Some(k) = named.filter(|k| *k != spooled.key()) {
+                    return Err(StoreError::Damaged {
+                        key: k,
+                        what: format!("recovery copy of {id} hashes to {}", spooled.key()),
+                    });
+                }
+                PutTarget::Named(*j, n.clone())
+            }
+        };
+        store.commit_local(spooled, target)?;
+        store.counters().read_repairs.inc();
+        tracing::info!(blob = %id, "blob restored from the recovery store");
+        store.get(id)
     }
 
     /// Reads a whole blob into memory.

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::Mmap;
-
 use super::StoreError;
 use super::space::Space;
 use crate::key::{BlobKey, KeyHasher};
@@ -111,23 +109,6 @@ enum SpooledData {
         temp: TempFile,
     },
     Empty,
-}
-
-/// The bytes of a spooled blob as one slice: borrowed when it is in memory, mapped when it is in
-/// a file.
-pub(crate) enum SpooledBytes<'a> {
-    Slice(&'a [u8]),
-    Map(Mmap),
-}
-
-impl std::ops::Deref for SpooledBytes<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            SpooledBytes::Slice(s) => s,
-            SpooledBytes::Map(m) => m,
-        }
-    }
 }
 
 impl Upload {
@@ -302,21 +283,22 @@ impl Spooled {
             SpooledData::Empty => Err(StoreError::Storage("read past the end of an upload".into())),
         }
     }
+}
 
-    /// All the bytes as one slice; a spool file is memory-mapped for it (only the recovery
-    /// store, whose interface takes slices, needs this).
-    pub(crate) fn bytes(&self) -> Result<SpooledBytes<'_>, StoreError> {
-        match &self.data {
-            SpooledData::Mem(v, _) => Ok(SpooledBytes::Slice(v)),
-            SpooledData::Empty => Ok(SpooledBytes::Slice(&[])),
-            SpooledData::File { file, temp } => {
-                // SAFETY: the spool file is private to this upload (created with create_new,
-                // never shared) and nothing writes it after `finish`.
-                let map = unsafe { Mmap::map(file) }
-                    .map_err(|e| StoreError::Spool(temp.path.clone(), e))?;
-                Ok(SpooledBytes::Map(map))
+/// What the recovery store reads a blob to replicate through: piece by piece, never all of it in
+/// memory (a spool file is read back, not mapped: mapped pages would count as resident memory).
+impl super::replica::BlobBytes for Spooled {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        Spooled::read_at(self, offset, buf).map_err(|e| match e {
+            StoreError::Spool(path, io) => {
+                std::io::Error::new(io.kind(), format!("spool file {}: {io}", path.display()))
             }
-        }
+            other => std::io::Error::other(other.to_string()),
+        })
     }
 }
 

@@ -663,7 +663,9 @@ fn encode(buf: &mut Vec<u8>, store_id: u64, lsn: u64, batch: &[WriteOp]) -> Resu
                 }
                 buf.extend_from_slice(&blob.key().0);
                 buf.extend_from_slice(&blob.len().to_le_bytes());
-                buf.extend_from_slice(&blob.bytes()?);
+                let start = buf.len();
+                buf.resize(start + blob.len() as usize, 0);
+                blob.read_at(0, &mut buf[start..])?;
             }
             WriteOp::Delete { target, .. } | WriteOp::DeleteLocal { target, .. } => match target {
                 DeleteTarget::Content(key) => {

@@ -7,12 +7,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::lease::FreeBatch;
+use super::replica::{RecoveryError, RecoveryItem, RecoveryStore};
 use super::schema::*;
 use super::{Shared, Spooled, StoreError, crc, oneshot, space, wal};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::metrics::{RecoveryCall, StoreDelta, StoreMetrics};
 use crate::protocol::{DeleteTarget, PutTarget};
-use crate::recovery::{RecoveryItem, RecoveryStore};
 
 pub(crate) enum WriteOp {
     Put {
@@ -512,25 +512,13 @@ pub(crate) fn final_checkpoint(shared: &Shared) {
 
 /// Replays the batch's puts and deletes on the recovery store, in order, puts grouped.
 fn replicate(
-    rec: &dyn crate::recovery::RecoveryStore,
+    rec: &dyn RecoveryStore,
     batch: &[&WriteOp],
     m: &StoreMetrics,
 ) -> Result<(), StoreError> {
-    let rec_err = |e: crate::recovery::RecoveryError| StoreError::Recovery(e.to_string());
-    // The recovery interface takes slices: map the spooled files of the batch's puts first.
-    let bytes = batch
-        .iter()
-        .map(|op| match op {
-            WriteOp::Put {
-                blob,
-                local_only: false,
-                ..
-            } => blob.bytes().map(Some),
-            _ => Ok(None),
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    let rec_err = |e: RecoveryError| StoreError::Recovery(e.to_string());
     let mut puts: Vec<RecoveryItem<'_>> = Vec::new();
-    for (&op, data) in batch.iter().zip(&bytes) {
+    for &op in batch {
         match op {
             WriteOp::Put {
                 local_only: true, ..
@@ -541,7 +529,7 @@ fn replicate(
                     PutTarget::Named(j, n) => BlobId::Named(*j, n.clone()),
                 },
                 key: blob.key(),
-                data: data.as_deref().unwrap_or(&[]),
+                data: blob,
             }),
             WriteOp::Delete { target, .. } => {
                 if !puts.is_empty() {

@@ -2,7 +2,9 @@
 //! request/response helpers, decoders driven over arbitrary splits, and a seeded PRNG.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod logged;
+pub mod seaweed;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -1,10 +1,7 @@
-//! Recovery (high availability): every write replicated to a store on shared storage, so that
-//! another server — another process, or another host on a shared mount — can serve every blob
-//! after a failover.
-//!
-//! The redb implementation keeps one database file, `<recovery dir>/blob/recovery.redb`, in the
-//! same schema as a local store, opened in redb's multi-process mode
-//! ([`ConcurrencyMode::MultiWriter`]): every server using the directory writes it directly.
+//! The redb-file recovery backend: every write replicated to one redb database file on shared
+//! storage, `<recovery dir>/blob/recovery.redb`, in the same schema as a local store, opened in
+//! redb's multi-process mode ([`ConcurrencyMode::MultiWriter`]): every server using the
+//! directory writes it directly.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -13,60 +10,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable};
 
-use crate::config::{Configuration, keys};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::store::schema::{CHUNKS, CONTENT, ContentMeta, NAMED};
 use crate::store::writer::Tables;
 use crate::store::{
-    BlobReader, BlobStore, DEFAULT_CHUNK_SIZE, FaultSwitch, StoreError, init_schema, open_db_file,
+    BlobReader, DEFAULT_CHUNK_SIZE, FaultSwitch, RecoveryError, RecoveryItem, RecoveryStore,
+    StoreError, init_schema, open_db_file,
 };
-
-/// Errors of a recovery store.
-#[derive(Debug, thiserror::Error)]
-pub enum RecoveryError {
-    /// The store's database failed: opening it, a transaction, or its I/O.
-    #[error("recovery store at {path}: {message}")]
-    Backend {
-        /// The database file, or its directory.
-        path: String,
-        /// The cause.
-        message: String,
-    },
-    /// The recovery directory could not be created or resolved.
-    #[error("recovery store I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// One blob to replicate: its identity, content key and bytes.
-#[derive(Debug, Clone)]
-pub struct RecoveryItem<'a> {
-    /// Where the blob goes: by key, or by job and name.
-    pub id: BlobId,
-    /// Its content key (for a content blob, the key in `id`).
-    pub key: BlobKey,
-    /// Its bytes.
-    pub data: &'a [u8],
-}
-
-/// Where writes are replicated. Small and free of storage-engine types so that stores on other
-/// media (an object store) can implement it.
-pub trait RecoveryStore: Send + Sync + std::fmt::Debug {
-    /// Stores every item durably, all or nothing, replacing what was under the same id.
-    fn put(&self, items: &[RecoveryItem<'_>]) -> Result<(), RecoveryError>;
-    /// A reader of the blob, or `None` if it is not there.
-    fn get(&self, id: &BlobId) -> Result<Option<Box<dyn Read + Send>>, RecoveryError>;
-    /// The content key stored under `id`, or `None` if it is not there.
-    fn key_of(&self, id: &BlobId) -> Result<Option<BlobKey>, RecoveryError>;
-    /// Removes one blob; a missing one is not an error.
-    fn delete(&self, id: &BlobId) -> Result<(), RecoveryError>;
-    /// Removes every named blob of `job`.
-    fn delete_job(&self, job: &JobId) -> Result<(), RecoveryError>;
-    /// Every blob held.
-    fn list(&self) -> Result<Vec<BlobId>, RecoveryError>;
-    /// Removes everything.
-    fn purge(&self) -> Result<(), RecoveryError>;
-}
 
 /// The file of the recovery database inside a recovery directory.
 pub fn recovery_db_path(dir: &Path) -> PathBuf {
@@ -208,7 +159,17 @@ impl RecoveryStore for RedbRecoveryStore {
                     BlobId::Content(_) => PutTarget::Content,
                     BlobId::Named(j, n) => PutTarget::Named(*j, n.clone()),
                 };
-                t.put(item.key, item.data, &target)?;
+                let data = item.data;
+                t.put_with(
+                    item.key,
+                    data.len(),
+                    |offset, buf| {
+                        data.read_at(offset, buf).map_err(|e| {
+                            StoreError::Storage(format!("replicating {}: {e}", item.id))
+                        })
+                    },
+                    &target,
+                )?;
             }
             Ok(())
         })
@@ -265,131 +226,5 @@ impl RecoveryStore for RedbRecoveryStore {
         })?;
         tracing::info!(path = %self.db.path().display(), blobs = ids.len(), "recovery store purged");
         Ok(())
-    }
-}
-
-/// A blob missing locally: fetch it from the store's recovery store, keep it locally, and open
-/// it. `Ok(None)` when there is no recovery store or it lacks the blob too. Content fetched by
-/// key is checked against the key before it is kept.
-pub(crate) fn read_repair(
-    store: &BlobStore,
-    id: &BlobId,
-) -> Result<Option<BlobReader>, StoreError> {
-    let Some(rec) = store.recovery() else {
-        return Ok(None);
-    };
-    let Some(mut reader) = store
-        .counters()
-        .recovery(crate::metrics::RecoveryCall::Get, || rec.get(id))
-        .map_err(|e| StoreError::Recovery(e.to_string()))?
-    else {
-        return Ok(None);
-    };
-    let mut up = store.upload();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        up.write(&buf[..n])?;
-    }
-    let spooled = up.finish()?;
-    let target = match id {
-        BlobId::Content(k) => {
-            if spooled.key() != *k {
-                return Err(StoreError::Damaged {
-                    key: *k,
-                    what: format!("recovery copy hashes to {}", spooled.key()),
-                });
-            }
-            PutTarget::Content
-        }
-        BlobId::Named(j, n) => PutTarget::Named(*j, n.clone()),
-    };
-    store.commit_local(spooled, target)?;
-    store.counters().read_repairs.inc();
-    tracing::info!(blob = %id, "blob restored from the recovery store");
-    store.get(id)
-}
-
-/// The recovery mode of Flink's `recovery.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RecoveryMode {
-    /// `standalone` (the default): no recovery store.
-    Standalone,
-    /// `zookeeper`: writes replicated to the directory Flink's state-backend keys name.
-    Zookeeper,
-}
-
-/// Errors in the recovery configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum RecoveryConfigError {
-    /// A `recovery.mode` other than `standalone` or `zookeeper` (either in any case); holds it.
-    #[error("unknown {key} {0:?} (expected standalone or zookeeper)", key = keys::RECOVERY_MODE)]
-    UnknownMode(String),
-    /// In `zookeeper` mode, a `state.backend` other than `filesystem`; holds it.
-    #[error("{key} {0:?} cannot hold recovery data: use filesystem", key = keys::STATE_BACKEND)]
-    Backend(String),
-    /// In `zookeeper` mode, a blank `state.backend.fs.dir.recovery`.
-    #[error("{key} is empty", key = keys::RECOVERY_PATH)]
-    EmptyPath,
-    /// The recovery store could not be opened.
-    #[error(transparent)]
-    Open(#[from] RecoveryError),
-}
-
-/// The recovery directory Flink's keys ask for: `None` in standalone mode. A `file://` URI is
-/// taken as its path. As in the original, `zookeeper` without the two state-backend keys falls
-/// back to standalone (with a warning).
-pub fn recovery_dir_from_config(
-    conf: &Configuration,
-) -> Result<Option<PathBuf>, RecoveryConfigError> {
-    let mode = match conf
-        .get(keys::RECOVERY_MODE)
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        None | Some("standalone") => RecoveryMode::Standalone,
-        Some("zookeeper") => RecoveryMode::Zookeeper,
-        Some(other) => return Err(RecoveryConfigError::UnknownMode(other.to_string())),
-    };
-    if mode == RecoveryMode::Standalone {
-        return Ok(None);
-    }
-    let (Some(backend), Some(path)) = (
-        conf.get(keys::STATE_BACKEND),
-        conf.get_raw(keys::RECOVERY_PATH),
-    ) else {
-        tracing::warn!(
-            "recovery.mode is zookeeper but no filesystem state backend is configured; running without recovery"
-        );
-        return Ok(None);
-    };
-    if !backend.eq_ignore_ascii_case("filesystem") {
-        return Err(RecoveryConfigError::Backend(backend.to_string()));
-    }
-    let path = path.trim();
-    if path.is_empty() {
-        return Err(RecoveryConfigError::EmptyPath);
-    }
-    Ok(Some(PathBuf::from(
-        path.strip_prefix("file://").unwrap_or(path),
-    )))
-}
-
-/// The recovery store named by `--recovery-dir`, or else by Flink's keys; `None` in standalone
-/// mode.
-pub fn from_cli_and_config(
-    dir: Option<&Path>,
-    conf: &Configuration,
-) -> Result<Option<Arc<dyn RecoveryStore>>, RecoveryConfigError> {
-    let dir = match dir {
-        Some(d) => Some(d.to_path_buf()),
-        None => recovery_dir_from_config(conf)?,
-    };
-    match dir {
-        None => Ok(None),
-        Some(d) => Ok(Some(RedbRecoveryStore::open(&d)? as Arc<dyn RecoveryStore>)),
     }
 }
