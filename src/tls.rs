@@ -84,9 +84,16 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 fn pem_message(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
     match e {
-        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
-        e => format!("not valid PEM: {e:?}"),
+        E::Io(io) => io.to_string(),
+        E::MissingSectionEnd { .. } => {
+            "a PEM section has no END line (a truncated or half-written file?)".into()
+        }
+        E::IllegalSectionStart { .. } => "a malformed PEM BEGIN line".into(),
+        E::Base64Decode(_) => "bad base64 inside a PEM section".into(),
+        E::NoItemsFound => "no PEM item in the file".into(),
+        _ => "not valid PEM".into(),
     }
 }
 
@@ -181,7 +188,13 @@ fn stamp(files: &ServerTlsFiles) -> Stamp {
 pub struct ServerTls {
     files: ServerTlsFiles,
     current: RwLock<Arc<ServerConfig>>,
-    stamp: Mutex<Stamp>,
+    stamps: Mutex<Stamps>,
+}
+
+/// The files' versions: the one loaded, and a changed one seen at the last look.
+struct Stamps {
+    loaded: Stamp,
+    seen: Option<Stamp>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -199,7 +212,10 @@ impl ServerTls {
         let config = files.build()?;
         Ok(ServerTls {
             current: RwLock::new(Arc::new(config)),
-            stamp: Mutex::new(before),
+            stamps: Mutex::new(Stamps {
+                loaded: before,
+                seen: None,
+            }),
             files,
         })
     }
@@ -227,20 +243,42 @@ impl ServerTls {
     pub fn reload(&self) -> Result<(), TlsError> {
         let before = stamp(&self.files);
         let config = self.files.build();
-        // Stamped even on failure: a half-written file is not retried until it changes again.
-        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = before;
+        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        // Stamped even on failure: a broken file is not retried until it changes again.
+        stamps.loaded = before.clone();
+        stamps.seen = None;
         let config = config?;
+        if stamp(&self.files) != before {
+            // Rewritten while being read: what was read may mix two versions.
+            stamps.loaded = Stamp::new();
+            return Err(TlsError::File {
+                what: "certificate chain",
+                path: self.files.cert.clone(),
+                message: "the files changed while being read; they are read again once they \
+                          stay unchanged (replace them by renaming new files into place)"
+                    .into(),
+            });
+        }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         Ok(())
     }
 
-    /// Reloads if any file changed (modification time or length) since the last load; returns
-    /// whether it did (successfully).
+    /// Reloads if the files changed (modification time or length) since the last load and
+    /// have stayed unchanged since the previous call, so that a file being written in several
+    /// steps (a chain, then its intermediate) is not read half-way; returns whether it
+    /// reloaded (successfully). The server calls it every second.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = stamp(&self.files);
-        let changed = *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) != now;
-        if !changed {
-            return Ok(false);
+        {
+            let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            if stamps.loaded == now {
+                stamps.seen = None;
+                return Ok(false);
+            }
+            if stamps.seen.as_ref() != Some(&now) {
+                stamps.seen = Some(now);
+                return Ok(false);
+            }
         }
         self.reload().map(|()| true)
     }
@@ -334,7 +372,10 @@ impl ClientTls {
             .server_name
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-        let shown = format!("{name:?}");
+        let shown = match &self.server_name {
+            Some(ServerName::DnsName(n)) => n.as_ref().to_string(),
+            _ => addr.ip().to_string(),
+        };
         let mut conn = ClientConnection::new(Arc::clone(&self.config), name)
             .map_err(|e| io::Error::other(format!("TLS with {addr}: {e}")))?;
         while conn.is_handshaking() {
@@ -343,7 +384,12 @@ impl ClientTls {
                     e.kind(),
                     format!(
                         "TLS handshake with {addr} (verifying {shown}) failed: {e}{}",
-                        hint(&e)
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            " (the server closed the connection: does it speak TLS? start it \
+                             with --tls-cert/--tls-key, or connect without --tls-ca)"
+                        } else {
+                            hint(&e)
+                        }
                     ),
                 )
             })?;

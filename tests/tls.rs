@@ -532,3 +532,81 @@ fn serve_refuses_bad_tls_files_at_start_naming_them() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 }
+
+/// A rustls client connection over TCP, handshake done, for tests that must control exactly
+/// what goes on the wire.
+fn raw_tls(addr: SocketAddr, ca: &Path) -> (rustls::ClientConnection, TcpStream) {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).expect("handshake");
+    }
+    (conn, tcp)
+}
+
+/// Bytes after a close_notify are ignored and the connection ends; with a single worker, the
+/// next client is served at once (a loop on the ignored bytes once held the worker for good).
+#[test]
+fn bytes_after_close_notify_end_the_connection_and_hold_nothing() {
+    let c = cast();
+    let srv = c.serve(false, &["-D", "blob.fetch.num-concurrent=1"]);
+    let (mut conn, mut tcp) = raw_tls(srv.addr, &c.ca);
+    conn.send_close_notify();
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).expect("encode");
+    }
+    wire.extend(std::iter::repeat_n(0x17u8, 8192));
+    tcp.write_all(&wire).expect("send");
+    // The server closes its side: the read ends (rather than timing out).
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    round_trip(srv.addr, &c.client_tls(None), b"the single worker is free").expect("served");
+}
+
+/// Half a PUT then a FIN in the same segment: the FIN is seen and answered with an error reply
+/// at once, as in plaintext, not after the stall timeout.
+#[test]
+fn a_fin_arriving_with_data_is_seen_through_tls() {
+    let c = cast();
+    let srv = c.serve(false, &["--stall-timeout", "600", "--idle-timeout", "600"]);
+    let (mut conn, mut tcp) = raw_tls(srv.addr, &c.ca);
+    // PUT, content-addressed, then a chunk header announcing 100 bytes and only 10 of them.
+    let mut put = vec![0u8, 0u8];
+    put.extend(100i32.to_le_bytes());
+    put.extend([7u8; 10]);
+    conn.writer().write_all(&put).expect("plaintext");
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).expect("encode");
+    }
+    tcp.write_all(&wire).expect("send");
+    tcp.shutdown(std::net::Shutdown::Write).expect("FIN");
+    let mut reply = Vec::new();
+    loop {
+        match conn.read_tls(&mut tcp) {
+            Ok(0) => break,
+            Ok(_) => {
+                conn.process_new_packets().expect("records");
+                let _ = conn.reader().read_to_end(&mut reply);
+            }
+            Err(e) => panic!("no reply before the read timeout: {e}"),
+        }
+    }
+    assert_eq!(reply.first(), Some(&1u8), "an error reply: {reply:?}");
+    srv.wait_for_log(&["Premature end of PUT"], WAIT);
+}

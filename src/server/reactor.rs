@@ -422,7 +422,9 @@ impl Worker {
                 self.close(slot);
                 continue;
             }
-            if c.session.sending() {
+            // Encrypted bytes rustls still holds are a reply under way, as much as the session's.
+            let tls_queued = c.tls.as_ref().is_some_and(|t| t.wants_write());
+            if c.session.sending() || tls_queued {
                 c.session.peer_took(send_queue(&c.stream), now);
             }
             match c.session.overdue(now, &d) {
@@ -434,7 +436,12 @@ impl Worker {
                 Some(Overdue::Slow(why)) => {
                     tracing::warn!(peer = c.peer, reason = %why, "peer too slow; connection cut off");
                     let msg = format!("connection closed by the server: {why}");
-                    if let Some(reply) = c.session.cut_off_reply(&msg) {
+                    let reply = if tls_queued {
+                        None
+                    } else {
+                        c.session.cut_off_reply(&msg)
+                    };
+                    if let Some(reply) = reply {
                         // One try: a peer this slow may not take it.
                         match &mut c.tls {
                             Some(t) => t.write_once(&mut c.stream, reply),
@@ -531,9 +538,19 @@ impl Conn {
                 return Turn::Wait;
             }
             let read = match &mut self.tls {
-                Some(t) => t.read(&mut self.stream, buf, raw, &mut socket_empty),
+                Some(t) => t.read(
+                    &mut self.stream,
+                    buf,
+                    raw,
+                    &mut socket_empty,
+                    self.read_closed,
+                ),
                 None => self.stream.read(buf),
             };
+            // Through TLS the turn is charged what crossed the socket, not the plaintext.
+            if let Some(t) = &mut self.tls {
+                budget = budget.saturating_sub(t.take_wire_bytes());
+            }
             let n = match read {
                 Ok(0) => {
                     let close = self.session.eof();
@@ -550,8 +567,8 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.read_failed(&e),
             };
-            budget = budget.saturating_sub(n);
             if self.tls.is_none() {
+                budget = budget.saturating_sub(n);
                 socket_empty = n < buf.len();
             }
             self.session.received(n);

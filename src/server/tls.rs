@@ -13,6 +13,9 @@ use rustls::{ServerConfig, ServerConnection};
 /// through TLS in pieces of this size (the reactor's turn budget still applies on top).
 const TLS_BUFFER: usize = 256 * 1024;
 
+/// Socket reads one `read` may make without finding plaintext before it returns `Interrupted`.
+const EMPTY_READS: usize = 4;
+
 /// Plaintext rustls may hold before it refuses more ciphertext (its own limit is 16 KiB).
 const PLAINTEXT_HELD: usize = 16 * 1024;
 
@@ -69,8 +72,11 @@ pub(super) struct Tls {
     /// buffer filled up first), from `pending_at` on.
     pending: Vec<u8>,
     pending_at: usize,
-    /// The socket reached its end (rustls was told).
+    /// The stream ended: the socket reached its end (rustls was told), or the peer sent
+    /// close_notify.
     ended: bool,
+    /// Bytes read from the socket, for the turn's budget.
+    wire: usize,
 }
 
 impl Tls {
@@ -84,6 +90,7 @@ impl Tls {
             pending: Vec::new(),
             pending_at: 0,
             ended: false,
+            wire: 0,
         })
     }
 
@@ -106,14 +113,18 @@ impl Tls {
     /// frames its own messages, so a cut is seen there), `WouldBlock` when nothing is held and
     /// the socket is empty. The socket is read into `raw` (one large read, where rustls alone
     /// would read 4 KiB at a time); `socket_empty` is set when a read came back short, so the
-    /// caller need not read again before the next readiness event. Runs the handshake on the
-    /// way, sending its replies.
+    /// caller need not read again before the next readiness event (unless `read_closed`: the
+    /// peer's FIN came, and only a read returning 0 sees it). Runs the handshake on the way,
+    /// sending its replies. `Interrupted` after a few socket reads that gave no plaintext (empty
+    /// records, alerts), so that the caller can charge them to the turn's budget
+    /// ([`take_wire_bytes`](Self::take_wire_bytes)).
     pub(super) fn read(
         &mut self,
         sock: &mut TcpStream,
         buf: &mut [u8],
         raw: &mut [u8],
         socket_empty: &mut bool,
+        read_closed: bool,
     ) -> io::Result<usize> {
         if !self.checked {
             let mut first = [0u8; 1];
@@ -127,6 +138,7 @@ impl Tls {
             }
         }
         let mut filled = 0;
+        let mut reads = 0;
         loop {
             filled += self.plaintext_into(&mut buf[filled..])?;
             if filled == buf.len() {
@@ -146,14 +158,19 @@ impl Tls {
             if filled > 0 || self.ended {
                 return Ok(filled);
             }
-            if *socket_empty {
+            if *socket_empty && !read_closed {
                 return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if reads == EMPTY_READS {
+                return Err(io::ErrorKind::Interrupted.into());
             }
             let n = match sock.read(raw) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            reads += 1;
+            self.wire += n;
             if n == 0 {
                 // The end of the stream: rustls learns it from an empty read.
                 self.conn.read_tls(&mut io::empty())?;
@@ -168,6 +185,12 @@ impl Tls {
                 self.pending_at = 0;
             }
         }
+    }
+
+    /// Bytes read from the socket since the last call: what a turn's budget is charged (a peer
+    /// sending 1-byte records moves 20 times more ciphertext than plaintext).
+    pub(super) fn take_wire_bytes(&mut self) -> usize {
+        std::mem::take(&mut self.wire)
     }
 
     /// Moves plaintext rustls holds into `buf`; 0 when it holds none (or `buf` is empty).
@@ -210,8 +233,11 @@ impl Tls {
                     break;
                 }
             }
-            // Reads from the slice, advancing it (at most a record's worth at a time).
+            // Reads from the slice, advancing it (at most a record's worth at a time). Nothing
+            // taken means the peer sent close_notify: what follows it is ignored (RFC 8446 6.1).
             if self.conn.read_tls(&mut rest)? == 0 {
+                self.ended = true;
+                rest = &[];
                 break;
             }
             self.process(sock)?;
@@ -223,7 +249,11 @@ impl Tls {
     /// Decrypts what rustls was given and sends what the handshake has to say.
     fn process(&mut self, sock: &mut TcpStream) -> io::Result<()> {
         match self.conn.process_new_packets() {
-            Ok(state) => self.plaintext = state.plaintext_bytes_to_read(),
+            Ok(state) => {
+                self.plaintext = state.plaintext_bytes_to_read();
+                // close_notify: the stream ends once the plaintext before it is read.
+                self.ended |= state.peer_has_closed();
+            }
             Err(error) => {
                 let handshake = self.conn.is_handshaking();
                 // rustls queued an alert telling the peer why: one try to send it.
