@@ -11,6 +11,16 @@ run() {
     echo "\$ blobvault $*"
     "$B" "$@"
 }
+# Waits (at most 30 s) until something listens on 127.0.0.1:$1; a loaded machine can take more
+# than a second to start a server.
+wait_port() {
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "no server on port $1 after 30 s" >&2
+    return 1
+}
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  nproc: $(nproc)  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # PUT and GET 4 KiB over 8 connections, durable, each beside the raw-TCP floor of its shape: the
@@ -44,7 +54,7 @@ dir=$(mktemp -d)
 port=$((50000 + RANDOM % 10000))
 "$B" serve -d "$dir" -p "$port" >/dev/null 2>&1 &
 pid=$!
-sleep 1
+wait_port "$port"
 run bench -q --server "127.0.0.1:$port" -n 10000 -s jar -c 8 --phases put
 kill -INT "$pid"
 wait "$pid" 2>/dev/null || true
@@ -58,7 +68,7 @@ dir=$(mktemp -d)
 port=$((50000 + RANDOM % 10000))
 "$B" serve -d "$dir" -p "$port" >/dev/null 2>&1 &
 pid=$!
-sleep 1
+wait_port "$port"
 run bench -q --server "127.0.0.1:$port" -n 16 -s 256MiB -c 16 --server-pid "$pid"
 kill "$pid"
 wait "$pid" 2>/dev/null || true
