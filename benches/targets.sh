@@ -11,15 +11,25 @@ run() {
     echo "\$ blobvault $*"
     "$B" "$@"
 }
-# Waits (at most 30 s) until something listens on 127.0.0.1:$1; a loaded machine can take more
-# than a second to start a server.
-wait_port() {
+# Starts `blobvault serve` on store directory $1 with an OS-chosen port (a random fixed port can
+# collide with one of the many client sockets of the runs) and sets $pid and $addr from its one
+# stdout line, waiting at most 30 s for it.
+start_server() {
+    local out
+    out=$(mktemp)
+    "$B" serve -d "$1" -p 0 >"$out" 2>/dev/null &
+    pid=$!
+    addr=
     for _ in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        addr=$(sed -n 's/^listening on //p' "$out")
+        [ -n "$addr" ] && break
         sleep 0.1
     done
-    echo "no server on port $1 after 30 s" >&2
-    return 1
+    rm -f "$out"
+    if [ -z "$addr" ]; then
+        echo "blobvault serve -d $1 did not start listening within 30 s" >&2
+        return 1
+    fi
 }
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  nproc: $(nproc)  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)  load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -51,11 +61,8 @@ run bench -q -n 10000 -s 4KiB -c 8 --phases put
 run bench -q -n 10000 -s jar -c 8 --phases put,get
 # … and the file's length after a clean stop and `blobvault compact`.
 dir=$(mktemp -d)
-port=$((50000 + RANDOM % 10000))
-"$B" serve -d "$dir" -p "$port" >/dev/null 2>&1 &
-pid=$!
-wait_port "$port"
-run bench -q --server "127.0.0.1:$port" -n 10000 -s jar -c 8 --phases put
+start_server "$dir"
+run bench -q --server "$addr" -n 10000 -s jar -c 8 --phases put
 kill -INT "$pid"
 wait "$pid" 2>/dev/null || true
 run stat -d "$dir"
@@ -65,11 +72,8 @@ rm -rf "$dir"
 
 # Peak RSS of a separate server process: 16 connections each streaming 256 MiB up and down.
 dir=$(mktemp -d)
-port=$((50000 + RANDOM % 10000))
-"$B" serve -d "$dir" -p "$port" >/dev/null 2>&1 &
-pid=$!
-wait_port "$port"
-run bench -q --server "127.0.0.1:$port" -n 16 -s 256MiB -c 16 --server-pid "$pid"
+start_server "$dir"
+run bench -q --server "$addr" -n 16 -s 256MiB -c 16 --server-pid "$pid"
 kill "$pid"
 wait "$pid" 2>/dev/null || true
 rm -rf "$dir"
