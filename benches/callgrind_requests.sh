@@ -33,9 +33,11 @@ for f in glob.glob(f"{out}/cg.*"):
         for line in fh:
             if line.startswith(("summary:", "totals:")):
                 total = max(total, int(line.split()[1]))
-            elif "reactor::Worker::run" in line:
+            # What a thread runs tells its role (inlining may hide `run`, so several names).
+            elif "reactor::Worker::r" in line:
                 role = "server worker"
-            elif "store::writer::run" in line and role != "server worker":
+            elif ("store::writer::run" in line or "store::writer::commit" in line) \
+                    and role != "server worker":
                 role = "store writer"
             elif "server::Acceptor" in line and role == "client and other":
                 role = "server acceptor"
