@@ -631,7 +631,8 @@ impl Outgoing {
 
 /// What a request's log lines say of it. Kept as the request, and formatted only when a line is
 /// written: building the text for every request (40 hex digits into a new `String` per content
-/// GET) was ~2 % of a worker's samples in a 4 KiB GET profile, with debug lines off.
+/// GET or PUT), with debug lines off, was 15 % of the workers' instructions for 4 KiB PUTs and
+/// GETs (callgrind; BENCHMARKS.md, issue #13).
 struct RequestLog {
     op: &'static str,
     request: Request,
