@@ -110,6 +110,10 @@ pub struct BenchArgs {
     /// (`--dir`, or the in-process server's store).
     #[arg(long)]
     pub dd: bool,
+    /// Also time SHA-1 (the `sha1` crate the server uses for keys) over as many bytes as the put
+    /// phase stores, on one core: the ceiling of a PUT, which must hash every byte.
+    #[arg(long)]
+    pub sha1: bool,
     /// Hash what is sent and received and check every GET against it (costs client CPU).
     #[arg(long)]
     pub verify: bool,
@@ -328,6 +332,9 @@ fn run_with(
             .clone()
             .ok_or("--dd needs a store directory: --dir, or no --server")?;
         report.dd_mb_per_sec = Some(dd(&dir, total_bytes)?);
+    }
+    if args.sha1 && extras {
+        report.sha1_mb_per_sec = Some(sha1_rate(total_bytes));
     }
 
     // Whose CPU the phases measure: the external server's process, or the in-process server's
@@ -743,6 +750,26 @@ fn work(plan: &Plan, w: &mut Worker, phase: Phase, rounds: u32, progress: &Progr
     t
 }
 
+/// MB/s of SHA-1 over `bytes` bytes on this thread (random bytes, 1 MiB reused: the rate does
+/// not depend on the content).
+fn sha1_rate(bytes: u64) -> f64 {
+    let mut buf = vec![0u8; 1 << 20];
+    Rng::new(bytes).fill(&mut buf);
+    let mut h = crate::key::KeyHasher::new();
+    let t = Instant::now();
+    let mut left = bytes.max(1);
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        // Pieces of 64 KiB, as a PUT's chunks arrive.
+        for piece in buf[..n].chunks(protocol::MAX_CHUNK) {
+            h.update(piece);
+        }
+        left -= n as u64;
+    }
+    std::hint::black_box(h.finish());
+    bytes.max(1) as f64 / 1e6 / t.elapsed().as_secs_f64().max(1e-9)
+}
+
 /// Times `dd if=/dev/zero of=<dir>/… bs=1M count=… conv=fdatasync`; returns MB/s.
 fn dd(dir: &Path, bytes: u64) -> Result<f64, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir)?;
@@ -791,7 +818,7 @@ mod tests {
     #[test]
     fn every_mode_runs_against_an_in_process_server() {
         for extra in [
-            &["-n", "24", "-s", "3000", "--verify"][..],
+            &["-n", "24", "-s", "3000", "--verify", "--sha1"][..],
             &["-n", "6", "-s", "jar", "--named", "--get-rounds", "2"][..],
             &["-n", "24", "-s", "70000", "--java-client"][..],
             &[
@@ -819,6 +846,11 @@ mod tests {
             );
             let b = r.store_bytes.expect("store figures");
             assert!(b.payload > 0 && b.file > 0, "{extra:?}");
+            assert_eq!(
+                r.sha1_mb_per_sec.is_some_and(|m| m > 0.0),
+                extra.contains(&"--sha1"),
+                "{extra:?}"
+            );
             // The in-process server's threads did the work of every phase.
             assert!(
                 r.phases

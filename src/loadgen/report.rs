@@ -82,6 +82,8 @@ pub struct Report {
     pub phases: Vec<PhaseReport>,
     /// `--dd`: MB/s (10^6 bytes) of `dd … conv=fdatasync` into the store directory.
     pub dd_mb_per_sec: Option<f64>,
+    /// `--sha1`: MB/s of SHA-1 over the put phase's bytes on one core.
+    pub sha1_mb_per_sec: Option<f64>,
     /// Peak RSS (VmHWM) in bytes of `--server-pid`, else of this process when the in-process
     /// blobvault server ran in it; `None` otherwise.
     pub peak_rss_bytes: Option<u64>,
@@ -175,6 +177,12 @@ pub fn format_text(r: &Report) -> String {
             "{name} server CPU per request / raw-TCP floor: {server_us:.2} / {floor_us:.2} µs = {:.2}x",
             server_us / floor_us.max(1e-9)
         );
+    }
+    if let Some(h) = r.sha1_mb_per_sec {
+        let _ = writeln!(s, "SHA-1 on one core: {h:.1} MB/s");
+        if let Some(p) = r.phases.iter().find(|p| p.name == "put") {
+            let _ = writeln!(s, "  put / SHA-1: {:.0}%", 100.0 * p.mb_per_sec() / h);
+        }
     }
     if let Some(d) = r.dd_mb_per_sec {
         let _ = writeln!(s, "dd conv=fdatasync: {d:.1} MB/s");
@@ -326,8 +334,9 @@ pub fn format_json(r: &Report) -> String {
     let opt = |x: Option<f64>| x.map_or("null".to_string(), json_num);
     let _ = write!(
         s,
-        ",\"dd_mb_per_sec\":{},\"peak_rss_bytes\":{},\"reopen_ms\":{}",
+        ",\"dd_mb_per_sec\":{},\"sha1_mb_per_sec\":{},\"peak_rss_bytes\":{},\"reopen_ms\":{}",
         opt(r.dd_mb_per_sec),
+        opt(r.sha1_mb_per_sec),
         r.peak_rss_bytes.map_or("null".into(), |b| b.to_string()),
         opt(r.reopen_ms)
     );
