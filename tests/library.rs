@@ -405,19 +405,22 @@ fn shutdown_wakes_and_joins_the_cleanup_thread() {
     open_cache(s.server.local_addr(), dir.path());
 }
 
-// ---- Flink's BlobLibraryCacheRecoveryITCase ----
+// ---- Flink's BlobLibraryCacheRecoveryITCase, on both recovery backends ----
 
-#[test]
-fn recovery_register_and_download() {
+both_backends!(recovery_register_and_download);
+
+fn recovery_register_and_download(b: common::backends::Backend) {
     use blobvault::StoreOptions;
-    use blobvault::recovery::{RecoveryStore, RedbRecoveryStore};
 
     let tmp = tempfile::tempdir().unwrap();
-    let rec = RedbRecoveryStore::open(&tmp.path().join("recovery")).unwrap();
+    let Some(r) = b.open(tmp.path(), "recovery_register_and_download") else {
+        return;
+    };
+    let rec = r.store.clone();
     let servers: Vec<BlobServer> = (0..2)
         .map(|i| {
             let store = StoreOptions::new(tmp.path().join(format!("server{i}")))
-                .recovery(rec.clone())
+                .recovery(if i == 0 { rec.clone() } else { r.reopen() })
                 .open()
                 .unwrap();
             BlobServer::start(store, ServerConfig::default()).unwrap()

@@ -26,6 +26,7 @@ both_backends!(
     read_repair_never_overrides_newer_writes,
     deletes_propagate_and_keep_shared_bytes,
     a_large_blob_round_trips_in_pieces,
+    a_cache_reads_the_recovery_store_when_every_server_is_down,
 );
 
 fn server_with_recovery(local: &Path, rec: Arc<dyn RecoveryStore>) -> BlobServer {
@@ -419,5 +420,320 @@ fn a_large_blob_round_trips_in_pieces(b: Backend) {
         let content = r.objects(&format!("ha/content/{key}"));
         assert_eq!(content.len(), 1, "{content:?}");
         assert_eq!(content[0].1, data.len() as u64);
+    }
+}
+
+/// Workers keep starting jobs with every blob server down: the cache reads the recovery store,
+/// checking the bytes against the key (a damaged copy is refused).
+fn a_cache_reads_the_recovery_store_when_every_server_is_down(b: Backend) {
+    use blobvault::{BlobCache, CacheOptions};
+    use std::time::Duration;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(r) = b.open(tmp.path(), "cache_reads_recovery") else {
+        return;
+    };
+    let data = pseudo_random(300 * 1024, 17);
+    let mut s0 = server_with_recovery(&tmp.path().join("s0"), r.store.clone());
+    let addr = s0.local_addr();
+    let key = BlobClient::connect(addr).unwrap().put(&data).unwrap();
+    let damaged = BlobClient::connect(addr)
+        .unwrap()
+        .put(b"to be damaged")
+        .unwrap();
+    s0.shutdown();
+    drop(s0);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the server still answers"
+    );
+
+    let cache = BlobCache::open(
+        CacheOptions::new([addr])
+            .dir(tmp.path().join("cache"))
+            .retries(1)
+            .backoff(Duration::from_millis(1), Duration::from_millis(5))
+            .timeout(Duration::from_secs(2))
+            .recovery(r.reopen()),
+    )
+    .unwrap();
+    assert_eq!(cache.get(&key).unwrap().read().unwrap(), data);
+
+    if let Some(sw) = r.seaweed {
+        // Replace the stored bytes behind the store's back.
+        sw.filer_put(
+            &r.bucket,
+            &format!("ha/content/{damaged}"),
+            b"not those bytes",
+        );
+        let e = cache.get(&damaged).unwrap_err().to_string();
+        assert!(e.contains("recovery store's copy is damaged"), "{e}");
+        assert!(!cache.contains(&damaged));
+    }
+    // Neither a server nor the store has it: the error says both were tried.
+    let e = cache
+        .get(&BlobKey::of(b"never stored"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&addr.to_string()) && e.contains("recovery store"),
+        "{e}"
+    );
+}
+
+// ---- object store only: garbage collection, errors at open ----
+
+mod object_gc {
+    use std::time::{Duration, Instant};
+
+    use blobvault::recovery::{MARKED, ObjectRecoveryStore};
+    use blobvault::store::StoreOptions;
+    use blobvault::{BlobId, BlobKey, JobId};
+
+    use super::common::backends::{Backend, Recovery, fast_settings, object_config};
+    use super::common::seaweed::Seaweed;
+
+    fn object_store(test: &str) -> Option<(tempfile::TempDir, Recovery)> {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Backend::ObjectStore.open(tmp.path(), test)?;
+        Some((tmp, r))
+    }
+
+    #[test]
+    fn gc_after_deleting_everything_leaves_no_blob_objects() {
+        let Some((tmp, r)) = object_store("gc_after_deleting_everything") else {
+            return;
+        };
+        let store = StoreOptions::new(tmp.path().join("s0"))
+            .recovery(r.store.clone())
+            .open()
+            .unwrap();
+        let job = JobId::random();
+        let k1 = store.put(b"content one").unwrap();
+        store.put_named(job, "same bytes", b"content one").unwrap();
+        store.put_named(job, "other", b"content two").unwrap();
+        let big = super::pseudo_random(9 * 1024 * 1024, 5);
+        let k3 = store.put(&big).unwrap();
+        assert_eq!(r.objects("ha/content/").len(), 3);
+
+        // Still referenced: nothing goes.
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (3, 0),
+            "{report:?}"
+        );
+
+        store.delete(blobvault::DeleteTarget::Content(k1)).unwrap();
+        // content one is still named: kept.
+        assert_eq!(r.store.gc().unwrap().deleted, 0);
+        store.delete(blobvault::DeleteTarget::Content(k3)).unwrap();
+        store.delete(blobvault::DeleteTarget::Job(job)).unwrap();
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (3, 3),
+            "{report:?}"
+        );
+        assert_eq!(
+            r.objects("ha/"),
+            vec![],
+            "the bucket still holds blob objects"
+        );
+    }
+
+    #[test]
+    fn gc_via_the_cli_reports_what_it_collected() {
+        let Some((_tmp, r)) = object_store("gc_via_the_cli") else {
+            return;
+        };
+        let key = BlobKey::of(b"orphan");
+        r.store
+            .put(&[blobvault::recovery::RecoveryItem {
+                id: BlobId::Content(key),
+                key,
+                data: b"orphan",
+            }])
+            .unwrap();
+        r.store.delete(&BlobId::Content(key)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
+            .args(["recovery", "gc", "--recovery-dir", &r.uri])
+            .args([
+                "-D",
+                "blob.recovery.gc.grace=0",
+                "-D",
+                "blob.recovery.timeout=2",
+            ])
+            .envs(r.env())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with(&format!("collected 1 of 1 content objects in {}", r.uri)),
+            "{stdout}"
+        );
+        assert_eq!(r.objects("ha/"), vec![]);
+    }
+
+    /// PUTs of the very content a collection is deleting, from another server, all through the
+    /// pass: each acknowledged one must still be readable afterwards.
+    #[test]
+    fn gc_racing_puts_of_the_same_content_never_deletes_acknowledged_bytes() {
+        let Some((tmp, r)) = object_store("gc_racing_puts") else {
+            return;
+        };
+        let data = b"content collected while it is put again".to_vec();
+        let key = BlobKey::of(&data);
+        // Unreferenced content: a candidate.
+        r.store
+            .put(&[blobvault::recovery::RecoveryItem {
+                id: BlobId::Content(key),
+                key,
+                data: &data,
+            }])
+            .unwrap();
+        r.store.delete(&BlobId::Content(key)).unwrap();
+
+        let other = StoreOptions::new(tmp.path().join("other"))
+            .recovery(r.reopen())
+            .open()
+            .unwrap();
+        let job = JobId::random();
+        let (acked, refused, report) = std::thread::scope(|s| {
+            let gc = s.spawn(|| r.store.gc());
+            // Start putting once the pass has marked the content (an event, not a sleep).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while r.objects("ha/gc/").is_empty() {
+                assert!(!gc.is_finished(), "the pass ended without marking anything");
+                assert!(Instant::now() < deadline, "no marker within 30 s");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let (mut acked, mut refused) = (Vec::new(), Vec::new());
+            for i in 0..5000 {
+                let name = format!("n{i}");
+                match other.put_named(job, &name, &data) {
+                    Ok(_) => acked.push(name),
+                    Err(e) => refused.push(e.to_string()),
+                }
+                if gc.is_finished() {
+                    // A few more after the pass, as the marker is gone.
+                    for j in 0..3 {
+                        let name = format!("after{j}");
+                        other.put_named(job, &name, &data).unwrap();
+                        acked.push(name);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (acked, refused, gc.join().unwrap().unwrap())
+        });
+        assert_eq!(report.deleted, 1, "{report:?}");
+        assert!(
+            !refused.is_empty(),
+            "no PUT ran while the content was marked"
+        );
+        assert!(refused.iter().all(|e| e.contains(MARKED)), "{refused:?}");
+        // Every acknowledged PUT's bytes are there, byte for byte, for a fresh reader.
+        let fresh = r.reopen();
+        for name in &acked {
+            let mut got = Vec::new();
+            fresh
+                .get(&BlobId::Named(job, name.clone()))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name} lost"))
+                .read_to_end(&mut got)
+                .unwrap();
+            assert_eq!(got, data, "{name}");
+        }
+        use std::io::Read as _;
+    }
+
+    /// Bytes changed in the bucket behind the store's back are refused on read-repair, by key or
+    /// by name, and nothing is kept locally.
+    #[test]
+    fn read_repair_refuses_a_damaged_copy() {
+        let Some((tmp, r)) = object_store("read_repair_damaged") else {
+            return;
+        };
+        let s0 = StoreOptions::new(tmp.path().join("s0"))
+            .recovery(r.store.clone())
+            .open()
+            .unwrap();
+        let job = JobId::random();
+        let key = s0.put(b"original bytes").unwrap();
+        s0.put_named(job, "lib.jar", b"original bytes").unwrap();
+        let sw = r.seaweed.unwrap();
+        sw.filer_put(&r.bucket, &format!("ha/content/{key}"), b"tampered bytes");
+
+        let s1 = StoreOptions::new(tmp.path().join("s1"))
+            .recovery(r.reopen())
+            .open()
+            .unwrap();
+        for id in [BlobId::Content(key), BlobId::Named(job, "lib.jar".into())] {
+            let e = s1.fetch(&id).unwrap_err().to_string();
+            assert!(
+                e.contains("damaged") && e.contains("recovery copy"),
+                "{id}: {e}"
+            );
+            assert!(!s1.contains(&id).unwrap());
+        }
+    }
+
+    fn open_err(
+        sw: &Seaweed,
+        uri: &str,
+        tweak: impl FnOnce(&mut blobvault::recovery::ObjectStoreConfig),
+    ) -> String {
+        let mut c = object_config(sw, uri, fast_settings());
+        tweak(&mut c);
+        let started = Instant::now();
+        let e = ObjectRecoveryStore::open(&c).unwrap_err().to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        e
+    }
+
+    #[test]
+    fn bad_credentials_a_missing_bucket_or_no_endpoint_fail_at_open_naming_endpoint_and_bucket() {
+        let Some(sw) = Seaweed::shared("open_errors") else {
+            return;
+        };
+        let bucket = sw.new_bucket("open");
+        let uri = sw.uri(&bucket, "ha");
+        let e = open_err(sw, &uri, |c| c.secret_key = Some("wrong-secret".into()));
+        assert!(e.contains(&uri) && e.contains(&sw.endpoint()), "{e}");
+        assert!(e.contains("refused the credentials"), "{e}");
+        assert!(!e.contains("wrong-secret"), "the secret leaked: {e}");
+
+        let missing = sw.uri("no-such-bucket-here", "ha");
+        let e = open_err(sw, &missing, |_| {});
+        assert!(
+            e.contains("no-such-bucket-here") && e.contains(&sw.endpoint()),
+            "{e}"
+        );
+        assert!(e.contains("bucket does not exist"), "{e}");
+
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dead = format!("http://127.0.0.1:{port}");
+        let e = open_err(sw, &uri, |c| c.endpoint = Some(dead.clone()));
+        assert!(e.contains(&dead) && e.contains(&bucket), "{e}");
+        assert!(e.contains("unreachable"), "{e}");
+
+        let e = open_err(sw, &uri, |c| c.allow_http = false);
+        assert!(e.contains("AWS_ALLOW_HTTP=true"), "{e}");
     }
 }

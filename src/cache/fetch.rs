@@ -11,7 +11,8 @@ use super::error::CacheError;
 use super::options::CacheOptions;
 use super::stats::Counters;
 use crate::client::BlobClient;
-use crate::key::BlobKey;
+use crate::key::{BlobId, BlobKey};
+use crate::store::RecoveryStore;
 
 /// How an attempt failed.
 enum AttemptError {
@@ -71,6 +72,21 @@ pub(super) fn fetch(
             }
         }
     }
+    if let Some(rec) = &opts.recovery {
+        match from_recovery(opts, rec.as_ref(), key) {
+            Ok(len) => {
+                Counters::bump(&counters.downloads);
+                counters.downloaded_bytes.fetch_add(len, Ordering::Relaxed);
+                tracing::warn!(key = %key, len, "no server answered; BLOB read from the recovery store");
+                return Ok(len);
+            }
+            Err(AttemptError::Local(e)) => return Err(e),
+            Err(AttemptError::Remote(msg)) => {
+                tracing::warn!(key = %key, error = %msg, "recovery store fallback failed");
+                last = format!("{last}; then the recovery store: {msg}");
+            }
+        }
+    }
     Err(CacheError::Fetch {
         key: *key,
         servers: servers
@@ -113,6 +129,39 @@ fn attempt_once(opts: &CacheOptions, key: &BlobKey, addr: SocketAddr) -> Result<
         )),
         CommitError::Local(e) => AttemptError::Local(e),
     })
+}
+
+/// The fallback when no server answers: the blob from the recovery store, streamed into place
+/// and checked against its key as a download is.
+fn from_recovery(
+    opts: &CacheOptions,
+    rec: &dyn RecoveryStore,
+    key: &BlobKey,
+) -> Result<u64, AttemptError> {
+    let remote = |e: &dyn std::fmt::Display| AttemptError::Remote(e.to_string());
+    let mut reader = rec
+        .get(&BlobId::Content(*key))
+        .map_err(|e| remote(&e))?
+        .ok_or_else(|| AttemptError::Remote("not there either".into()))?;
+    let mut file = BlobFile::create(&opts.dir, key).map_err(AttemptError::Local)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(remote(&e)),
+        };
+        file.write(&buf[..n]).map_err(AttemptError::Local)?;
+    }
+    let len = file.written();
+    file.commit().map_err(|e| match e {
+        CommitError::Mismatch(actual) => AttemptError::Remote(format!(
+            "the recovery store's copy is damaged (it hashes to {actual})"
+        )),
+        CommitError::Local(e) => AttemptError::Local(e),
+    })?;
+    Ok(len)
 }
 
 /// `base * 2^(round-1)`, capped, with half of it randomised.

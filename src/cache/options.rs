@@ -2,6 +2,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::store::RecoveryStore;
 use std::time::Duration;
 
 use crate::config::{ConfigError, Configuration, keys};
@@ -38,6 +41,10 @@ pub struct CacheOptions {
     /// Re-hash every existing blob file on open and drop the ones that do not match (default
     /// true). Off: files named `blob_<hex>` are trusted as they are.
     pub verify_on_open: bool,
+    /// The servers' recovery store (default none): when every attempt at every server has
+    /// failed, the blob is read from it instead, and checked against its key like any download.
+    /// Jobs keep starting while every blob server is down.
+    pub recovery: Option<Arc<dyn RecoveryStore>>,
 }
 
 impl CacheOptions {
@@ -52,7 +59,15 @@ impl CacheOptions {
             timeout: Duration::from_secs(60),
             capacity: None,
             verify_on_open: true,
+            recovery: None,
         }
+    }
+
+    /// Sets [`recovery`](Self::recovery): e.g.
+    /// `RecoveryTarget::parse(uri)?.open(&conf)?` for the URI the servers were given.
+    pub fn recovery(mut self, store: Arc<dyn RecoveryStore>) -> Self {
+        self.recovery = Some(store);
+        self
     }
 
     /// Defaults plus Flink's keys: `blob.fetch.retries` (a negative value logs a warning and

@@ -835,7 +835,20 @@ impl BlobStore {
                 }
                 PutTarget::Content
             }
-            BlobId::Named(j, n) => PutTarget::Named(*j, n.clone()),
+            BlobId::Named(j, n) => {
+                // Checked against the key the recovery store names, as content is against its
+                // key: a damaged copy is an error, not a silent miss.
+                let named = rec
+                    .key_of(id)
+                    .map_err(|e| StoreError::Recovery(e.to_string()))?;
+                if let Some(k) = named.filter(|k| *k != spooled.key()) {
+                    return Err(StoreError::Damaged {
+                        key: k,
+                        what: format!("recovery copy of {id} hashes to {}", spooled.key()),
+                    });
+                }
+                PutTarget::Named(*j, n.clone())
+            }
         };
         store.commit_local(spooled, target)?;
         tracing::info!(blob = %id, "blob restored from the recovery store");

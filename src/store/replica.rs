@@ -9,10 +9,10 @@ use crate::key::{BlobId, BlobKey, JobId};
 /// Errors of a recovery store.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
-    /// The store's database failed: opening it, a transaction, or its I/O.
+    /// The store failed: opening it, a transaction or a request, its I/O.
     #[error("recovery store at {path}: {message}")]
     Backend {
-        /// The database file, or its directory.
+        /// Where the store is: its database file or directory, or `URI at ENDPOINT`.
         path: String,
         /// The cause.
         message: String,
