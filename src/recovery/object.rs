@@ -109,7 +109,7 @@ pub struct ObjectStoreSettings {
     /// Blobs larger than this go up as multipart uploads of parts this large. Default 8 MiB
     /// (S3's minimum part is 5 MiB).
     pub part_size: usize,
-    /// Requests in flight at once for one batch (and parts for one multipart upload: a quarter
+    /// Requests in flight at once for one batch (and parts for one multipart upload: half
     /// of it, at least 2). Default 8. Memory: about `concurrency × part_size` at most.
     pub concurrency: usize,
 }
@@ -498,7 +498,7 @@ impl Backend {
             .await
             .map_err(|e| format!("starting the multipart upload of {path}: {e}"))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, s.part_size);
-        let in_flight = (s.concurrency / 4).max(2);
+        let in_flight = (s.concurrency / 2).max(2);
         let mut offset = 0u64;
         while offset < len {
             let n = (len - offset).min(s.part_size as u64) as usize;
