@@ -685,6 +685,43 @@ mod object_gc {
         }
     }
 
+    /// A server given `blob.recovery.gc.interval` collects by itself.
+    #[test]
+    fn a_server_collects_periodically() {
+        let Some((tmp, r)) = object_store("a_server_collects_periodically") else {
+            return;
+        };
+        let dir = tmp.path().join("s0");
+        let args = [
+            "--dir",
+            dir.to_str().unwrap(),
+            "--recovery-dir",
+            &r.uri,
+            "-D",
+            "blob.recovery.gc.interval=1",
+            "-D",
+            "blob.recovery.gc.grace=0",
+            "-D",
+            "blob.recovery.timeout=1",
+        ];
+        let p = super::ServeProcess::spawn_logging_env(&args, &tmp.path().join("s0.log"), &r.env());
+        let mut c = blobvault::BlobClient::connect(p.addr).unwrap();
+        let key = c.put(b"collected by the server itself").unwrap();
+        assert_eq!(r.objects("ha/content/").len(), 1);
+        c.delete(key).unwrap();
+        // Bounded wait for the event: the content object and the pass's marker gone (a pass
+        // takes ~5 s here).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !r.objects("ha/").is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "not collected within 60 s: {:?}",
+                r.objects("ha/")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn open_err(
         sw: &Seaweed,
         uri: &str,

@@ -19,6 +19,8 @@
 mod baseline;
 mod conn;
 mod cpu;
+#[cfg(feature = "object-store")]
+mod direct;
 mod rawtcp;
 mod report;
 mod workload;
@@ -149,6 +151,12 @@ pub struct BenchArgs {
     /// TLS to the server (`--server` only).
     #[command(flatten)]
     pub tls: crate::tls::ClientTlsArgs,
+    /// Also PUT the same blobs (sizes, content, connections) straight into this object store,
+    /// s3://BUCKET/PREFIX, with endpoint and credentials from the AWS_* environment variables:
+    /// the store's own rate beside blobvault's (phase `store-put`; its objects are deleted
+    /// after).
+    #[arg(long, value_name = "URI")]
+    pub object_store: Option<String>,
     /// Print the report as JSON on stdout (the text report then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -432,6 +440,21 @@ fn run_with(
     }
     drop(workers);
     drop(file_server);
+    if let Some(uri) = args.object_store.as_deref().filter(|_| extras) {
+        #[cfg(feature = "object-store")]
+        report.phases.push(direct::store_put(
+            uri,
+            &plan.sizes,
+            seed,
+            args.connections,
+            &progress,
+        )?);
+        #[cfg(not(feature = "object-store"))]
+        return Err(format!(
+            "--object-store {uri}: this build has no object-store support (cargo feature \"object-store\")"
+        )
+        .into());
+    }
 
     if let Some(pid) = args.server_pid {
         report.peak_rss_bytes = peak_rss(&format!("/proc/{pid}/status"));

@@ -24,9 +24,10 @@
 //!
 //! One group commit is one call: the content objects of all its items go up concurrently (at most
 //! [`ObjectStoreSettings::concurrency`] at a time; a large blob in parts, read from the spool
-//! part by part, so memory stays bounded whatever the size), together with a check that no
-//! garbage collection has marked that content; then every reference goes up concurrently. So a
-//! batch costs two round trips, however many blobs it holds. The whole call is bounded by
+//! part by part, so memory stays bounded whatever the size), together with one listing of `gc/`
+//! checking that no garbage collection has marked that content; then every reference goes up
+//! concurrently. So a batch costs two round trips however many blobs it holds, and each blob two
+//! object PUTs (its content, its reference) plus one listing per batch. The whole call is bounded by
 //! [`ObjectStoreSettings::timeout`]: past it the PUT fails (and the local store does not apply
 //! it). A failure before the references leaves no visible blob; a failure while writing them may
 //! leave some of that batch's references written (the client got an error either way, as for a
@@ -42,7 +43,7 @@
 //! margin): a PUT that ran longer has failed.
 //!
 //! Claim: no acknowledged PUT's content is deleted while its reference exists. A PUT of content
-//! `X` checks for the marker `gc/X` at some time `h`, after it started (`s <= h`) and before it
+//! `X` lists the markers at some time `h`, after it started (`s <= h`) and before it
 //! acknowledged (`end <= s + S`); it acknowledges only if the marker was absent at `h`. The marker
 //! exists from its creation `m` to its deletion `e`, so `h < m` or `h > e`.
 //! - `h < m`: the PUT ended by `h + S < m + S`, before step 5 lists the references, so that
@@ -108,7 +109,7 @@ pub struct ObjectStoreSettings {
     /// Blobs larger than this go up as multipart uploads of parts this large. Default 8 MiB
     /// (S3's minimum part is 5 MiB).
     pub part_size: usize,
-    /// Requests in flight at once for one batch (and parts for one multipart upload: a quarter
+    /// Requests in flight at once for one batch (and parts for one multipart upload: half
     /// of it, at least 2). Default 8. Memory: about `concurrency × part_size` at most.
     pub concurrency: usize,
 }
@@ -497,7 +498,7 @@ impl Backend {
             .await
             .map_err(|e| format!("starting the multipart upload of {path}: {e}"))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, s.part_size);
-        let in_flight = (s.concurrency / 4).max(2);
+        let in_flight = (s.concurrency / 2).max(2);
         let mut offset = 0u64;
         while offset < len {
             let n = (len - offset).min(s.part_size as u64) as usize;
@@ -520,22 +521,24 @@ impl Backend {
             .map_err(|e| format!("completing the multipart upload of {path}: {e}"))
     }
 
-    /// Fails when a garbage collection holds a (fresh) marker on `key`.
-    async fn check_marker(&self, key: &BlobKey) -> Result<(), String> {
-        match self.store.head(&self.marker_path(key)).await {
-            Ok(meta) => {
-                let age_ms = now_ms() - meta.last_modified.timestamp_millis();
-                if age_ms > STALE_MARKER.as_millis() as i64 {
-                    return Ok(());
-                }
-                Err(format!(
+    /// Fails when a garbage collection holds a (fresh) marker on any of `keys`: one listing of
+    /// `gc/` for the whole batch (almost always empty), not a request per blob.
+    async fn check_markers(&self, keys: &[BlobKey]) -> Result<(), String> {
+        let markers = self.list_paths("gc").await?;
+        let now = now_ms();
+        for m in markers {
+            let Some(Ok(key)) = m.location.filename().map(str::parse::<BlobKey>) else {
+                continue;
+            };
+            let stale = now - m.last_modified.timestamp_millis() > STALE_MARKER.as_millis() as i64;
+            if !stale && keys.contains(&key) {
+                return Err(format!(
                     "content {key} {MARKED}; retry the PUT once the collection is over (about {} s)",
                     2 * gc_settle(&self.settings).as_secs()
-                ))
+                ));
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(format!("checking for a collection of {key}: {e}")),
         }
+        Ok(())
     }
 
     async fn put_batch(&self, items: &[RecoveryItem<'_>]) -> Result<(), String> {
@@ -548,11 +551,8 @@ impl Backend {
             .iter()
             .map(|&i| self.upload_content(i).boxed())
             .collect();
-        let marks: Vec<Job<'_, ()>> = distinct
-            .iter()
-            .map(|i| self.check_marker(&i.key).boxed())
-            .collect();
-        let (up, mk) = futures::join!(all(uploads, c), all(marks, c));
+        let keys: Vec<BlobKey> = distinct.iter().map(|i| i.key).collect();
+        let (up, mk) = futures::join!(all(uploads, c), self.check_markers(&keys));
         up?;
         mk?;
         // Content is all there: now the references.

@@ -174,16 +174,9 @@ impl Seaweed {
     /// its own with [`new_bucket`](Self::new_bucket)); tests that stop or kill parts of it must
     /// start their own. Killed when the binary exits (the watchdog sees its stdin close).
     pub fn shared(test: &str) -> Option<&'static Seaweed> {
-        static SHARED: OnceLock<Mutex<Option<&'static Seaweed>>> = OnceLock::new();
+        static SHARED: OnceLock<Seaweed> = OnceLock::new();
         let weed = weed_or_skip(test)?;
-        let mut slot = SHARED
-            .get_or_init(|| Mutex::new(None))
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(Box::leak(Box::new(Self::start_with(weed, Shape::SINGLE))));
-        }
-        *slot
+        Some(SHARED.get_or_init(|| Self::start_with(weed, Shape::SINGLE)))
     }
 
     /// Starts an instance of `shape`; `None` when skipped.
@@ -723,6 +716,25 @@ impl Seaweed {
         used
     }
 
+    /// The volume servers (by index, as [`kill_volume`](Self::kill_volume) takes them) holding
+    /// files of `bucket`.
+    pub fn volumes_holding(&self, bucket: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let Ok((200, body)) = http_get(&format!("127.0.0.1:{}", v.http), "/status") else {
+                continue; // killed
+            };
+            let s: serde_json::Value = serde_json::from_str(&body).expect("volume /status JSON");
+            let holds = s["Volumes"].as_array().into_iter().flatten().any(|vol| {
+                vol["Collection"].as_str() == Some(bucket) && vol["FileCount"].as_u64() > Some(0)
+            });
+            if holds {
+                out.push(i);
+            }
+        }
+        out
+    }
+
     /// How many volume servers this instance has.
     pub fn volume_count(&self) -> usize {
         self.volumes.len()
@@ -751,6 +763,32 @@ impl Seaweed {
         }
         self.wait_gateway()
             .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tails(40)));
+    }
+
+    /// Freezes the S3 gateway (SIGSTOP): connections are accepted by the kernel but never
+    /// answered, so only a client's timeout ends a request.
+    pub fn pause_gateway(&self) {
+        self.signal("s3", "-STOP");
+    }
+
+    /// Thaws the gateway frozen by [`pause_gateway`](Self::pause_gateway) (SIGCONT).
+    pub fn resume_gateway(&self) {
+        self.signal("s3", "-CONT");
+    }
+
+    fn signal(&self, name: &str, sig: &str) {
+        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = procs
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| p.child.as_ref())
+            .unwrap_or_else(|| panic!("{name} not running"))
+            .id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} ({name}): {status}");
     }
 
     fn kill(&self, name: &str) {
