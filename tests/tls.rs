@@ -362,13 +362,7 @@ fn client_refuses_an_untrusted_or_misnamed_server_certificate() {
         text.contains("UnknownIssuer") && text.contains("--tls-ca"),
         "{text}"
     );
-    let misnamed = ClientTls::load(&ClientTlsFiles {
-        ca: c.ca.clone(),
-        cert: None,
-        key: None,
-        server_name: Some("blob-7.internal".into()),
-    })
-    .expect("tls");
+    let misnamed = verifying_name(&c.ca, "blob-7.internal");
     let text = connect(srv.addr, &misnamed)
         .expect_err("wrong name")
         .to_string();
@@ -377,14 +371,19 @@ fn client_refuses_an_untrusted_or_misnamed_server_certificate() {
         "{text}"
     );
     // The name the certificate does carry.
-    let named = ClientTls::load(&ClientTlsFiles {
-        ca: c.ca.clone(),
+    let named = verifying_name(&c.ca, "localhost");
+    round_trip(srv.addr, &named, b"by name").expect("served by name");
+}
+
+/// Trusting `ca`, verifying the server by `name` (`--tls-server-name`).
+fn verifying_name(ca: &Path, name: &str) -> ClientTls {
+    ClientTls::load(&ClientTlsFiles {
+        ca: ca.to_path_buf(),
         cert: None,
         key: None,
-        server_name: Some("localhost".into()),
+        server_name: Some(name.into()),
     })
-    .expect("tls");
-    round_trip(srv.addr, &named, b"by name").expect("served by name");
+    .expect("client TLS configuration")
 }
 
 #[test]

@@ -82,21 +82,14 @@ pub(super) fn store_put(
         .collect();
     let (results, seconds, _) = timed("store-put", sizes.len() as u64, progress, None, jobs);
     let mut lat: Vec<u64> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i] as f64 / 1e3
-    };
+    let latency_us = super::percentiles(&mut lat);
     let report = PhaseReport {
         name: "store-put".into(),
         ops: lat.len() as u64,
         errors: sizes.len() as u64 - lat.len() as u64,
         bytes: results.iter().map(|r| r.1).sum(),
         seconds,
-        latency_us: [pct(0.50), pct(0.99), pct(0.999), pct(1.0)],
+        latency_us,
         first_error: results.iter().find_map(|r| r.2.clone()),
         // The object store's CPU is not ours to measure.
         server_cpu_ns: None,

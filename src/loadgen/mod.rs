@@ -668,6 +668,19 @@ fn run_phase(
     phase_report(phase.name(), &tallies, seconds, server_cpu_ns)
 }
 
+/// p50, p99, p999 and max of latencies in nanoseconds, in microseconds (sorts `lat`).
+fn percentiles(lat: &mut [u64]) -> [f64; 4] {
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1e3
+    };
+    [pct(0.50), pct(0.99), pct(0.999), pct(1.0)]
+}
+
 /// The figures of a phase from its connections' tallies.
 fn phase_report(
     name: &str,
@@ -679,21 +692,13 @@ fn phase_report(
         .iter()
         .flat_map(|t| t.lat_ns.iter().copied())
         .collect();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i] as f64 / 1e3
-    };
     PhaseReport {
         name: name.to_string(),
         ops: lat.len() as u64,
         errors: tallies.iter().map(|t| t.errors).sum(),
         bytes: tallies.iter().map(|t| t.bytes).sum(),
         seconds,
-        latency_us: [pct(0.50), pct(0.99), pct(0.999), pct(1.0)],
+        latency_us: percentiles(&mut lat),
         first_error: tallies.iter().find_map(|t| t.first_error.clone()),
         server_cpu_ns,
     }
