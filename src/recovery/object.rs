@@ -663,25 +663,47 @@ impl Backend {
             return Ok(report);
         }
         // (3) markers, create-only: content another pass holds is skipped.
+        let c = self.settings.concurrency.max(1);
+        let marks: Vec<futures::future::BoxFuture<'_, (BlobKey, Result<bool, String>)>> =
+            candidates
+                .keys()
+                .map(|&key| {
+                    async move {
+                        let opts = PutOptions {
+                            mode: PutMode::Create,
+                            ..Default::default()
+                        };
+                        let r = match self
+                            .store
+                            .put_opts(&self.marker_path(&key), PutPayload::default(), opts)
+                            .await
+                        {
+                            Ok(_) => Ok(true),
+                            Err(object_store::Error::AlreadyExists { .. })
+                            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                            Err(e) => Err(format!("marking {key} for collection: {e}")),
+                        };
+                        (key, r)
+                    }
+                    .boxed()
+                })
+                .collect();
+        let outcomes: Vec<(BlobKey, Result<bool, String>)> = futures::stream::iter(marks)
+            .buffer_unordered(c)
+            .collect()
+            .await;
         let mut marked = Vec::new();
-        for key in candidates.keys() {
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            match self
-                .store
-                .put_opts(&self.marker_path(key), PutPayload::default(), opts)
-                .await
-            {
-                Ok(_) => marked.push(*key),
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => report.skipped_marked += 1,
-                Err(e) => {
-                    self.unmark(&marked).await;
-                    return Err(format!("marking {key} for collection: {e}"));
-                }
+        let mut failed = None;
+        for (key, r) in outcomes {
+            match r {
+                Ok(true) => marked.push(key),
+                Ok(false) => report.skipped_marked += 1,
+                Err(e) => failed = Some(e),
             }
+        }
+        if let Some(e) = failed {
+            self.unmark(&marked).await;
+            return Err(e);
         }
         // (4) every PUT that checked before a marker existed has ended.
         tokio::time::sleep(settle).await;
@@ -693,20 +715,31 @@ impl Backend {
                 .into_iter()
                 .map(|(_, k)| k)
                 .collect();
-            for key in &marked {
-                if referenced.contains(key) {
-                    report.kept_referenced += 1;
-                    continue;
-                }
-                // A pass far slower than planned stops before its markers could look stale.
-                if started.elapsed() > STALE_MARKER / 3 {
-                    return Err("the pass took too long; the rest is left to the next".to_owned());
-                }
-                match self.store.delete(&candidates[key]).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => report.deleted += 1,
-                    Err(e) => return Err(format!("deleting {}: {e}", candidates[key])),
-                }
-            }
+            let doomed: Vec<&BlobKey> = marked.iter().filter(|k| !referenced.contains(k)).collect();
+            report.kept_referenced += (marked.len() - doomed.len()) as u64;
+            let deletes: Vec<Job<'_, ()>> = doomed
+                .into_iter()
+                .map(|key| {
+                    let path = &candidates[key];
+                    async move {
+                        // A pass far slower than planned stops before its markers could look
+                        // stale.
+                        if started.elapsed() > STALE_MARKER / 3 {
+                            return Err(
+                                "the pass took too long; the rest is left to the next".into()
+                            );
+                        }
+                        match self.store.delete(path).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(format!("deleting {path}: {e}")),
+                        }
+                    }
+                    .boxed()
+                })
+                .collect();
+            let n = deletes.len() as u64;
+            all(deletes, c).await?;
+            report.deleted += n;
             Ok(())
         }
         .await;
@@ -717,12 +750,20 @@ impl Backend {
     }
 
     async fn unmark(&self, keys: &[BlobKey]) {
-        for key in keys {
-            if let Err(e) = self.store.delete(&self.marker_path(key)).await {
-                tracing::warn!(location = %self.location, key = %key, error = %e,
-                    "cannot remove a collection marker; the next pass removes it once stale");
-            }
-        }
+        let jobs: Vec<Job<'_, ()>> = keys
+            .iter()
+            .map(|key| {
+                async move {
+                    if let Err(e) = self.store.delete(&self.marker_path(key)).await {
+                        tracing::warn!(location = %self.location, key = %key, error = %e,
+                            "cannot remove a collection marker; the next pass removes it once stale");
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
+            .collect();
+        let _ = all(jobs, self.settings.concurrency).await;
     }
 
     fn gc(&self) -> Result<GcReport, RecoveryError> {
