@@ -722,6 +722,32 @@ mod object_gc {
         }
     }
 
+    /// An embedder calling from inside its own tokio runtime: no "runtime within a runtime"
+    /// panic, on a call or on the drop of the last handle.
+    #[test]
+    fn works_when_called_from_inside_another_tokio_runtime() {
+        let Some((_tmp, r)) = object_store("inside_tokio") else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = r.reopen();
+        rt.block_on(async move {
+            let key = BlobKey::of(b"from inside tokio");
+            store
+                .put(&[blobvault::recovery::RecoveryItem {
+                    id: BlobId::Content(key),
+                    key,
+                    data: b"from inside tokio",
+                }])
+                .unwrap();
+            assert_eq!(store.list().unwrap(), vec![BlobId::Content(key)]);
+            drop(store);
+        });
+    }
+
     fn open_err(
         sw: &Seaweed,
         uri: &str,

@@ -181,7 +181,8 @@ struct Backend {
     /// `s3://bucket/prefix at <endpoint>`: what every error names.
     location: String,
     settings: ObjectStoreSettings,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for ObjectRecoveryStore {
@@ -329,7 +330,7 @@ impl ObjectRecoveryStore {
             prefix: path,
             location,
             settings: config.settings.clone(),
-            rt,
+            rt: Some(rt),
         };
         this.probe()?;
         tracing::info!(location = %this.location, "recovery store open (object store)");
@@ -348,7 +349,23 @@ impl ObjectRecoveryStore {
     }
 }
 
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its threads stop, which panics inside another runtime
+        // (an embedder's): let them stop in the background (nothing of ours runs there by then).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Backend {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.rt
+            .as_ref()
+            .expect("the runtime lives as long as the backend")
+    }
+
     fn probe(&self) -> Result<(), RecoveryError> {
         let prefix = self.prefix.clone();
         let store = Arc::clone(&self.store);
@@ -394,10 +411,10 @@ impl Backend {
         let bounded = async move { tokio::time::timeout(limit, f).await };
         let out = if tokio::runtime::Handle::try_current().is_ok() {
             // Inside some runtime's thread: block_on there would panic (or stall that runtime).
-            std::thread::scope(|s| s.spawn(|| self.rt.block_on(bounded)).join())
+            std::thread::scope(|s| s.spawn(|| self.runtime().block_on(bounded)).join())
                 .map_err(|_| self.err(what, "its thread panicked"))?
         } else {
-            self.rt.block_on(bounded)
+            self.runtime().block_on(bounded)
         };
         match out {
             Ok(Ok(v)) => Ok(v),
@@ -770,10 +787,10 @@ impl Backend {
         // Its own bound: a pass waits twice the PUT timeout and may list a large bucket.
         let f = self.gc_pass();
         let out = if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| s.spawn(|| self.rt.block_on(f)).join())
+            std::thread::scope(|s| s.spawn(|| self.runtime().block_on(f)).join())
                 .map_err(|_| self.err("garbage collection", "its thread panicked"))?
         } else {
-            self.rt.block_on(f)
+            self.runtime().block_on(f)
         };
         let report = out.map_err(|e| self.err("garbage collection", e))?;
         tracing::info!(location = %self.location, ?report, "recovery store garbage collection");
