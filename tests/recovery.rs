@@ -127,6 +127,10 @@ fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it(b: Backend) {
     );
     drop(s1);
 
+    // Not blobvault's: purge leaves it.
+    if let Some(sw) = r.seaweed {
+        sw.filer_put(&r.bucket, "ha/NOTES.txt", b"someone else's");
+    }
     // Purge through the CLI, as an operator would.
     let out = Command::new(env!("CARGO_BIN_EXE_blobvault"))
         .args(["recovery", "purge", "--recovery-dir", &r.uri])
@@ -144,7 +148,11 @@ fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it(b: Backend) {
     );
     assert!(rec.list().unwrap().is_empty());
     if b == Backend::ObjectStore {
-        assert_eq!(r.objects("ha/"), vec![], "purge leaves nothing");
+        assert_eq!(
+            r.objects("ha/"),
+            vec![("ha/NOTES.txt".to_owned(), 14)],
+            "purge leaves nothing of its own, and nothing else goes"
+        );
     }
 }
 

@@ -937,7 +937,11 @@ impl RecoveryStore for ObjectRecoveryStore {
     fn purge(&self) -> Result<(), RecoveryError> {
         let this: &Backend = &self.0;
         let n = this.run("purging", async {
-            let all = this.list_paths("").await?;
+            // Only what this backend writes: a prefix may be shared (or be the bucket's root).
+            let mut all = Vec::new();
+            for dir in ["pin", "named", "content", "gc"] {
+                all.extend(this.list_paths(dir).await?);
+            }
             let n = all.len();
             let paths = futures::stream::iter(all.into_iter().map(|m| Ok(m.location))).boxed();
             this.store
