@@ -174,16 +174,9 @@ impl Seaweed {
     /// its own with [`new_bucket`](Self::new_bucket)); tests that stop or kill parts of it must
     /// start their own. Killed when the binary exits (the watchdog sees its stdin close).
     pub fn shared(test: &str) -> Option<&'static Seaweed> {
-        static SHARED: OnceLock<Mutex<Option<&'static Seaweed>>> = OnceLock::new();
+        static SHARED: OnceLock<Seaweed> = OnceLock::new();
         let weed = weed_or_skip(test)?;
-        let mut slot = SHARED
-            .get_or_init(|| Mutex::new(None))
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(Box::leak(Box::new(Self::start_with(weed, Shape::SINGLE))));
-        }
-        *slot
+        Some(SHARED.get_or_init(|| Self::start_with(weed, Shape::SINGLE)))
     }
 
     /// Starts an instance of `shape`; `None` when skipped.
