@@ -127,6 +127,10 @@ fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it(b: Backend) {
     );
     drop(s1);
 
+    // Not blobvault's: purge leaves it.
+    if let Some(sw) = r.seaweed {
+        sw.filer_put(&r.bucket, "ha/NOTES.txt", b"someone else's");
+    }
     // Purge through the CLI, as an operator would.
     let out = Command::new(env!("CARGO_BIN_EXE_blobvault"))
         .args(["recovery", "purge", "--recovery-dir", &r.uri])
@@ -144,7 +148,11 @@ fn graceful_shutdown_keeps_recovery_data_and_purge_removes_it(b: Backend) {
     );
     assert!(rec.list().unwrap().is_empty());
     if b == Backend::ObjectStore {
-        assert_eq!(r.objects("ha/"), vec![], "purge leaves nothing");
+        assert_eq!(
+            r.objects("ha/"),
+            vec![("ha/NOTES.txt".to_owned(), 14)],
+            "purge leaves nothing of its own, and nothing else goes"
+        );
     }
 }
 
@@ -720,6 +728,32 @@ mod object_gc {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// An embedder calling from inside its own tokio runtime: no "runtime within a runtime"
+    /// panic, on a call or on the drop of the last handle.
+    #[test]
+    fn works_when_called_from_inside_another_tokio_runtime() {
+        let Some((_tmp, r)) = object_store("inside_tokio") else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = r.reopen();
+        rt.block_on(async move {
+            let key = BlobKey::of(b"from inside tokio");
+            store
+                .put(&[blobvault::recovery::RecoveryItem {
+                    id: BlobId::Content(key),
+                    key,
+                    data: b"from inside tokio",
+                }])
+                .unwrap();
+            assert_eq!(store.list().unwrap(), vec![BlobId::Content(key)]);
+            drop(store);
+        });
     }
 
     fn open_err(

@@ -191,6 +191,7 @@ pub(crate) enum RecoveryMode {
 
 /// Errors in the recovery configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecoveryConfigError {
     /// A `recovery.mode` other than `standalone` or `zookeeper` (either in any case); holds it.
     #[error("unknown {key} {0:?} (expected standalone or zookeeper)", key = keys::RECOVERY_MODE)]

@@ -181,7 +181,8 @@ struct Backend {
     /// `s3://bucket/prefix at <endpoint>`: what every error names.
     location: String,
     settings: ObjectStoreSettings,
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for ObjectRecoveryStore {
@@ -329,7 +330,7 @@ impl ObjectRecoveryStore {
             prefix: path,
             location,
             settings: config.settings.clone(),
-            rt,
+            rt: Some(rt),
         };
         this.probe()?;
         tracing::info!(location = %this.location, "recovery store open (object store)");
@@ -348,7 +349,23 @@ impl ObjectRecoveryStore {
     }
 }
 
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its threads stop, which panics inside another runtime
+        // (an embedder's): let them stop in the background (nothing of ours runs there by then).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl Backend {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.rt
+            .as_ref()
+            .expect("the runtime lives as long as the backend")
+    }
+
     fn probe(&self) -> Result<(), RecoveryError> {
         let prefix = self.prefix.clone();
         let store = Arc::clone(&self.store);
@@ -394,10 +411,10 @@ impl Backend {
         let bounded = async move { tokio::time::timeout(limit, f).await };
         let out = if tokio::runtime::Handle::try_current().is_ok() {
             // Inside some runtime's thread: block_on there would panic (or stall that runtime).
-            std::thread::scope(|s| s.spawn(|| self.rt.block_on(bounded)).join())
+            std::thread::scope(|s| s.spawn(|| self.runtime().block_on(bounded)).join())
                 .map_err(|_| self.err(what, "its thread panicked"))?
         } else {
-            self.rt.block_on(bounded)
+            self.runtime().block_on(bounded)
         };
         match out {
             Ok(Ok(v)) => Ok(v),
@@ -663,25 +680,47 @@ impl Backend {
             return Ok(report);
         }
         // (3) markers, create-only: content another pass holds is skipped.
+        let c = self.settings.concurrency.max(1);
+        let marks: Vec<futures::future::BoxFuture<'_, (BlobKey, Result<bool, String>)>> =
+            candidates
+                .keys()
+                .map(|&key| {
+                    async move {
+                        let opts = PutOptions {
+                            mode: PutMode::Create,
+                            ..Default::default()
+                        };
+                        let r = match self
+                            .store
+                            .put_opts(&self.marker_path(&key), PutPayload::default(), opts)
+                            .await
+                        {
+                            Ok(_) => Ok(true),
+                            Err(object_store::Error::AlreadyExists { .. })
+                            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                            Err(e) => Err(format!("marking {key} for collection: {e}")),
+                        };
+                        (key, r)
+                    }
+                    .boxed()
+                })
+                .collect();
+        let outcomes: Vec<(BlobKey, Result<bool, String>)> = futures::stream::iter(marks)
+            .buffer_unordered(c)
+            .collect()
+            .await;
         let mut marked = Vec::new();
-        for key in candidates.keys() {
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            match self
-                .store
-                .put_opts(&self.marker_path(key), PutPayload::default(), opts)
-                .await
-            {
-                Ok(_) => marked.push(*key),
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => report.skipped_marked += 1,
-                Err(e) => {
-                    self.unmark(&marked).await;
-                    return Err(format!("marking {key} for collection: {e}"));
-                }
+        let mut failed = None;
+        for (key, r) in outcomes {
+            match r {
+                Ok(true) => marked.push(key),
+                Ok(false) => report.skipped_marked += 1,
+                Err(e) => failed = Some(e),
             }
+        }
+        if let Some(e) = failed {
+            self.unmark(&marked).await;
+            return Err(e);
         }
         // (4) every PUT that checked before a marker existed has ended.
         tokio::time::sleep(settle).await;
@@ -693,20 +732,31 @@ impl Backend {
                 .into_iter()
                 .map(|(_, k)| k)
                 .collect();
-            for key in &marked {
-                if referenced.contains(key) {
-                    report.kept_referenced += 1;
-                    continue;
-                }
-                // A pass far slower than planned stops before its markers could look stale.
-                if started.elapsed() > STALE_MARKER / 3 {
-                    return Err("the pass took too long; the rest is left to the next".to_owned());
-                }
-                match self.store.delete(&candidates[key]).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => report.deleted += 1,
-                    Err(e) => return Err(format!("deleting {}: {e}", candidates[key])),
-                }
-            }
+            let doomed: Vec<&BlobKey> = marked.iter().filter(|k| !referenced.contains(k)).collect();
+            report.kept_referenced += (marked.len() - doomed.len()) as u64;
+            let deletes: Vec<Job<'_, ()>> = doomed
+                .into_iter()
+                .map(|key| {
+                    let path = &candidates[key];
+                    async move {
+                        // A pass far slower than planned stops before its markers could look
+                        // stale.
+                        if started.elapsed() > STALE_MARKER / 3 {
+                            return Err(
+                                "the pass took too long; the rest is left to the next".into()
+                            );
+                        }
+                        match self.store.delete(path).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(format!("deleting {path}: {e}")),
+                        }
+                    }
+                    .boxed()
+                })
+                .collect();
+            let n = deletes.len() as u64;
+            all(deletes, c).await?;
+            report.deleted += n;
             Ok(())
         }
         .await;
@@ -717,22 +767,30 @@ impl Backend {
     }
 
     async fn unmark(&self, keys: &[BlobKey]) {
-        for key in keys {
-            if let Err(e) = self.store.delete(&self.marker_path(key)).await {
-                tracing::warn!(location = %self.location, key = %key, error = %e,
-                    "cannot remove a collection marker; the next pass removes it once stale");
-            }
-        }
+        let jobs: Vec<Job<'_, ()>> = keys
+            .iter()
+            .map(|key| {
+                async move {
+                    if let Err(e) = self.store.delete(&self.marker_path(key)).await {
+                        tracing::warn!(location = %self.location, key = %key, error = %e,
+                            "cannot remove a collection marker; the next pass removes it once stale");
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
+            .collect();
+        let _ = all(jobs, self.settings.concurrency).await;
     }
 
     fn gc(&self) -> Result<GcReport, RecoveryError> {
         // Its own bound: a pass waits twice the PUT timeout and may list a large bucket.
         let f = self.gc_pass();
         let out = if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| s.spawn(|| self.rt.block_on(f)).join())
+            std::thread::scope(|s| s.spawn(|| self.runtime().block_on(f)).join())
                 .map_err(|_| self.err("garbage collection", "its thread panicked"))?
         } else {
-            self.rt.block_on(f)
+            self.runtime().block_on(f)
         };
         let report = out.map_err(|e| self.err("garbage collection", e))?;
         tracing::info!(location = %self.location, ?report, "recovery store garbage collection");
@@ -879,7 +937,11 @@ impl RecoveryStore for ObjectRecoveryStore {
     fn purge(&self) -> Result<(), RecoveryError> {
         let this: &Backend = &self.0;
         let n = this.run("purging", async {
-            let all = this.list_paths("").await?;
+            // Only what this backend writes: a prefix may be shared (or be the bucket's root).
+            let mut all = Vec::new();
+            for dir in ["pin", "named", "content", "gc"] {
+                all.extend(this.list_paths(dir).await?);
+            }
             let n = all.len();
             let paths = futures::stream::iter(all.into_iter().map(|m| Ok(m.location))).boxed();
             this.store

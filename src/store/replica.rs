@@ -8,6 +8,7 @@ use crate::key::{BlobId, BlobKey, JobId};
 
 /// Errors of a recovery store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecoveryError {
     /// The store failed: opening it, a transaction or a request, its I/O.
     #[error("recovery store at {path}: {message}")]
