@@ -258,17 +258,18 @@ fn hostile_http_clients_leave_the_blob_port_and_the_endpoint_working() {
         c.get_bytes(&BlobId::Content(key)).unwrap(),
         b"served while the endpoint is flooded"
     );
-    // The connections beyond the limit were closed at once; the others at the head deadline.
+    // Each connection beyond the limit evicted the oldest one with an incomplete head, so the
+    // 20 oldest were closed at once; the others at the head deadline.
     let started = Instant::now();
     let mut closed_early = 0;
-    // Newest first: those beyond the limit.
-    for mut s in held.into_iter().rev() {
+    // Oldest first: those evicted.
+    for mut s in held.into_iter() {
         let _ = until_closed(&mut s);
         if started.elapsed() < admin::HEAD_TIMEOUT / 2 {
             closed_early += 1;
         }
     }
-    assert!(closed_early >= 20, "only {closed_early} refused at once");
+    assert!(closed_early >= 20, "only {closed_early} evicted at once");
     assert!(started.elapsed() < admin::HEAD_TIMEOUT + Duration::from_secs(5));
     // And the endpoint serves again, and the blob port still does.
     let after = scrape(at);
@@ -280,6 +281,33 @@ fn hostile_http_clients_leave_the_blob_port_and_the_endpoint_working() {
         1.0
     );
     ts.assert_serves();
+}
+
+#[test]
+fn idle_connections_filling_the_endpoint_do_not_lock_out_health_probes() {
+    let ts = TestServer::start();
+    let admin = endpoint(&ts);
+    let at = admin.local_addr();
+    // Every slot taken by a connection that sends nothing (accepted in connect order).
+    let mut idle: Vec<TcpStream> = (0..admin::MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(at).unwrap())
+        .collect();
+    // A probe still gets its answer: it evicts the oldest idle connection.
+    let (status, body) = http_get(at, "/healthz/live");
+    assert_eq!((status, body.as_str()), (200, "live\n"));
+    let first = until_closed(&mut idle[0]);
+    assert!(first.is_empty(), "{first:?}");
+    // Silent connections are let go at the first-byte deadline, before the head deadline.
+    let started = Instant::now();
+    let last = idle.last_mut().unwrap();
+    assert!(until_closed(last).is_empty());
+    assert!(
+        started.elapsed() < admin::HEAD_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, body) = http_get(at, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
 }
 
 /// `blobvault serve --metrics 127.0.0.1:0` over `dir`: the child, the BLOB address and the

@@ -10,11 +10,14 @@
 //!   a page at a time as the client takes it (what `blobvault ls --metrics` prints).
 //!
 //! Hostile or broken clients cannot reach the BLOB port through it, nor make it grow: it is one
-//! thread of its own, a readiness loop (mio) over at most [`MAX_CONNECTIONS`] connections (more
-//! are accepted and closed at once), a request head of at most [`MAX_HEAD`] bytes (parsed by
-//! `httparse`, hyper's parser; larger gets 431), a deadline for the head ([`HEAD_TIMEOUT`]) and
-//! for any pause in taking the reply ([`STALL_TIMEOUT`]), one request per connection. Memory is
-//! bounded by those numbers: a connection holds its head buffer and one page of reply.
+//! thread of its own, a readiness loop (mio) over at most [`MAX_CONNECTIONS`] connections (when
+//! all are taken, a newcomer evicts the oldest one still without a complete request head, so
+//! idle sockets cannot lock probes out; if every slot is sending a reply the newcomer is closed),
+//! a request head of at most [`MAX_HEAD`] bytes (parsed by `httparse`, hyper's parser; larger
+//! gets 431), deadlines for the first byte ([`FIRST_BYTE_TIMEOUT`]), the whole head
+//! ([`HEAD_TIMEOUT`]) and any pause in taking the reply ([`STALL_TIMEOUT`]), one request per
+//! connection. Memory is bounded by those numbers: a connection holds its head buffer and one
+//! page of reply.
 //!
 //! Why not an HTTP server crate: `tiny_http` (0.12) starts a thread per connection with no
 //! limit, reads header lines of any length, and has no read timeout; hyper brings an async
@@ -42,12 +45,15 @@ use crate::library::LibraryCacheManager;
 use crate::server::ServerProbe;
 use crate::store::{BlobEntry, BlobStore, ListCursor};
 
-/// Connections served at once; more are closed as soon as accepted.
+/// Connections served at once; a newcomer beyond them evicts the oldest connection whose request
+/// head is incomplete, or is closed if every slot is replying.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Largest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Headers per request at most.
 const MAX_HEADERS: usize = 32;
+/// Time from accept to the first byte of the request (a probe sends its head at once).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time from accept to a complete request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause of a client taking its reply.
@@ -189,8 +195,8 @@ impl Drop for AdminServer {
 
 /// What a connection is doing.
 enum State {
-    /// Reading the request head, due by `deadline`.
-    Head { buf: Vec<u8>, deadline: Instant },
+    /// Reading the request head, accepted `since`.
+    Head { buf: Vec<u8>, since: Instant },
     /// Sending the reply; `more` produces the rest of a streamed one.
     Reply {
         out: Vec<u8>,
@@ -258,8 +264,8 @@ impl Loop {
                     return;
                 }
             };
-            let Some(slot) = self.conns.iter().position(Option::is_none) else {
-                // Full: closed at once, so the backlog drains and nothing waits on us.
+            let Some(slot) = self.free_slot() else {
+                // Every slot is sending a reply: closed at once, so the backlog drains.
                 tracing::debug!(%peer, "metrics endpoint busy; connection closed");
                 continue;
             };
@@ -276,12 +282,33 @@ impl Loop {
                 peer,
                 state: State::Head {
                     buf: Vec::new(),
-                    deadline: Instant::now() + HEAD_TIMEOUT,
+                    since: Instant::now(),
                 },
             });
             // Bytes may have arrived with the connection.
             self.turn(slot);
         }
+    }
+
+    /// A free slot; when none, the slot of the oldest connection still without a complete
+    /// request head, evicted (idle sockets must not keep probes out).
+    fn free_slot(&mut self) -> Option<usize> {
+        if let Some(slot) = self.conns.iter().position(Option::is_none) {
+            return Some(slot);
+        }
+        let (slot, peer) = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c.as_ref().map(|c| (&c.state, c.peer)) {
+                Some((State::Head { since, .. }, peer)) => Some((i, *since, peer)),
+                _ => None,
+            })
+            .min_by_key(|&(_, since, _)| since)
+            .map(|(i, _, peer)| (i, peer))?;
+        tracing::debug!(%peer, "metrics endpoint full; the oldest connection without a request evicted");
+        self.close(slot);
+        Some(slot)
     }
 
     fn close(&mut self, slot: usize) {
@@ -293,7 +320,10 @@ impl Loop {
     fn sweep(&mut self, now: Instant) {
         for slot in 0..self.conns.len() {
             let late = match self.conns[slot].as_ref().map(|c| &c.state) {
-                Some(State::Head { deadline, .. }) => now >= *deadline,
+                Some(State::Head { buf, since }) => {
+                    let waited = now.duration_since(*since);
+                    waited >= HEAD_TIMEOUT || (buf.is_empty() && waited >= FIRST_BYTE_TIMEOUT)
+                }
                 Some(State::Reply { last_progress, .. }) => {
                     now.duration_since(*last_progress) >= STALL_TIMEOUT
                 }
