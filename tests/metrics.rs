@@ -518,13 +518,93 @@ fn a_reopened_store_reports_its_figures_before_any_write() {
 #[test]
 fn flinks_prometheus_port_key_turns_the_endpoint_on() {
     let tmp = tempfile::tempdir().unwrap();
+    // The BLOB port on another loopback address: the key's endpoint stays on 127.0.0.1, never
+    // on --bind's address (a cluster address would expose the blob listing).
     let s = serve_with(
         &tmp.path().join("store"),
-        &["-D", "metrics.reporter.prom.port=0"],
+        &["--bind", "127.0.0.2", "-D", "metrics.reporter.prom.port=0"],
     );
+    assert!(s.blob.starts_with("127.0.0.2:"), "{}", s.blob);
     let addr: SocketAddr = s.metrics.parse().expect("the metrics address");
-    assert!(addr.ip().is_loopback(), "bound on --bind's address: {addr}");
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST, "{addr}");
     assert_eq!(http_get(addr, "/healthz/live"), (200, "live\n".into()));
+}
+
+#[test]
+fn a_taken_prometheus_port_from_the_key_only_turns_the_endpoint_off() {
+    // Flink's own reporter already holds the port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
+        .args(["serve", "--port", "0", "-D"])
+        .arg(format!("metrics.reporter.prom.port={port}"))
+        .arg("--dir")
+        .arg(tmp.path().join("store"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn blobvault serve");
+    // The warning comes before the BLOB port is announced (bounded: the log is short).
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut warned = None;
+    for _ in 0..50 {
+        let mut l = String::new();
+        if err.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        if l.contains("metrics endpoint is off") {
+            warned = Some(l);
+            break;
+        }
+    }
+    let warned = warned.expect("a warning that the metrics endpoint is off");
+    assert!(warned.contains("metrics.reporter.prom.port"), "{warned}");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut l = String::new();
+    out.read_line(&mut l).unwrap();
+    let blob = l
+        .trim()
+        .strip_prefix("listening on ")
+        .expect(&l)
+        .to_string();
+    // The BLOB server serves.
+    let mut c = blobvault::BlobClient::connect_timeout(&blob.parse().unwrap(), IO_TIMEOUT)
+        .expect("connect to the BLOB port");
+    let key = c.put(b"served without metrics").unwrap();
+    assert_eq!(
+        c.get_bytes(&BlobId::Content(key)).unwrap(),
+        b"served without metrics"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    assert!(!rest.contains("metrics on"), "{rest}");
+}
+
+#[test]
+fn a_bad_metrics_address_is_a_usage_error_before_the_store_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    for bad in ["no-port-here", "127.0.0.1:notaport", "127.0.0.1:99999"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blobvault"))
+            .args(["serve", "--port", "0", "--metrics", bad, "--dir"])
+            .arg(&store)
+            .output()
+            .expect("run blobvault serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("--metrics") && err.contains(bad),
+            "{bad}: {err}"
+        );
+        assert!(!store.exists(), "{bad}: the store was opened");
+        for cmd in ["stat", "ls"] {
+            let out = cli(&[cmd, "--metrics", bad]);
+            assert_eq!(out.status.code(), Some(2), "{cmd} --metrics {bad}");
+        }
+    }
 }
 
 #[test]
