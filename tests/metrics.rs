@@ -717,3 +717,33 @@ fn the_listen_backlog_and_workers_are_reported() {
     }
     assert!(m.workers_busy <= m.workers);
 }
+
+#[test]
+fn store_figures_come_back_after_a_storage_failure_without_a_write() {
+    let ts = TestServer::start_durable();
+    let admin = endpoint(&ts);
+    let mut c = ts.client();
+    c.put(b"counted before the failure").unwrap();
+    ts.faults.fail_writes();
+    assert!(c.put(b"this one fails").is_err());
+    drop(c);
+    // The failure uncounted the figures (the reopen replays the log); storage works again, and
+    // nothing more is written: the writer counts again on its own (bounded wait, polled).
+    ts.faults.heal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = http_get(admin.local_addr(), "/stat");
+        assert_eq!(status, 200, "{body}");
+        if !body.contains("null") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("\"content_blobs\":1,"), "{body}");
+    let after = scrape(admin.local_addr());
+    assert_eq!(sample(&after, "blobvault_store_content_blobs"), 1.0);
+    assert_eq!(
+        sample(&after, "blobvault_store_payload_bytes"),
+        b"counted before the failure".len() as f64
+    );
+}

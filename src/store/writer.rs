@@ -1,7 +1,7 @@
 //! The single writer thread: group commit of queued PUTs and DELETEs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
@@ -39,6 +39,10 @@ pub(crate) enum WriteOp {
     FreePending,
 }
 
+/// How often an idle writer tries again to count the store's figures while a storage failure
+/// keeps the database from reopening.
+const RECOUNT_RETRY: Duration = Duration::from_secs(1);
+
 /// Bytes of uploads after which a batch stops growing (one batch is one transaction).
 const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -48,16 +52,27 @@ enum Outcome {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
-    // At once, so that a server that only reads reports its figures too.
-    count_if_needed(&shared);
     let mut lazy = LazySync::default();
+    // When to try counting again after a storage failure uncounted the figures (at once, and
+    // again each RECOUNT_RETRY while the database cannot be reopened), so that they come back
+    // without waiting for a write. At start too: a server that only reads reports them.
+    let mut recount_at: Option<Instant> = None;
     loop {
+        if !shared.metrics.is_counted() {
+            let at = *recount_at.get_or_insert_with(Instant::now);
+            if at <= Instant::now() {
+                count_if_needed(&shared);
+                recount_at = (!shared.metrics.is_counted()).then(|| Instant::now() + RECOUNT_RETRY);
+            }
+        } else {
+            recount_at = None;
+        }
         // Group commit sized by load: a batch is whatever was queued while the previous commit
         // ran (up to `max_batch` operations and MAX_BATCH_BYTES). Waiting for more was measured
         // and rejected: on two cores, N busy writers split into two alternating half-batches
         // overlap one half's CPU work with the other half's fsync, while one full batch
         // serialises them (17% fewer 4 KiB PUTs/s with 8 connections; BENCHMARKS.md).
-        let first = match lazy.due_at(&shared) {
+        let first = match lazy.due_at(&shared).into_iter().chain(recount_at).min() {
             None => match rx.recv() {
                 Ok(op) => op,
                 Err(_) => break,
@@ -65,7 +80,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             Some(at) => match rx.recv_deadline(at) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    lazy.sync(&shared);
+                    if lazy.due_at(&shared).is_some_and(|at| at <= Instant::now()) {
+                        lazy.sync(&shared);
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
