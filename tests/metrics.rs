@@ -747,3 +747,40 @@ fn store_figures_come_back_after_a_storage_failure_without_a_write() {
         b"counted before the failure".len() as f64
     );
 }
+
+#[test]
+fn a_reply_is_not_cut_short_when_the_client_sent_more_than_its_request() {
+    let ts = TestServer::start();
+    let admin = endpoint(&ts);
+    let at = admin.local_addr();
+    // A small receive window: most of the reply is still queued on the server's side when it
+    // has written it all. Closing with unread input would reset the connection and drop it.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect(&at.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    let extra = vec![b'z'; 20_000];
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        extra.len()
+    )
+    .unwrap();
+    s.write_all(&extra).unwrap();
+    // The endpoint is one thread: once a later connection is answered, this one has had its
+    // whole reply written (and, before the fix, its socket closed).
+    assert_eq!(http_get(at, "/healthz/live"), (200, "live\n".into()));
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the whole reply, without a reset");
+    let reply = String::from_utf8_lossy(&got);
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a reply head");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a Content-Length");
+    assert!(len > 8192, "a reply larger than the window: {len}");
+    assert_eq!(body.len(), len);
+}

@@ -16,7 +16,8 @@
 //! a request head of at most [`MAX_HEAD`] bytes (parsed by `httparse`, hyper's parser; larger
 //! gets 431), deadlines for the first byte ([`FIRST_BYTE_TIMEOUT`]), the whole head
 //! ([`HEAD_TIMEOUT`]) and any pause in taking the reply ([`STALL_TIMEOUT`]), one request per
-//! connection. Memory is bounded by those numbers: a connection holds its head buffer and one
+//! connection; after the reply, input the client sent beyond its head is drained (bounded in
+//! time and bytes) before closing, so the close does not reset the connection under the reply. Memory is bounded by those numbers: a connection holds its head buffer and one
 //! page of reply.
 //!
 //! Why not an HTTP server crate: `tiny_http` (0.12) starts a thread per connection with no
@@ -58,6 +59,12 @@ pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause of a client taking its reply.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a reply, input the client sent beyond its request head is read and dropped for this
+/// long at most (or [`DRAIN_MAX`] bytes) before closing: closing with unread input makes the
+/// kernel reset the connection, discarding reply bytes not yet delivered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes drained at most after a reply.
+const DRAIN_MAX: usize = 256 * 1024;
 /// Blobs per page of `/blobs` (one read transaction each).
 const LIST_PAGE: usize = 256;
 /// A readiness check (which may ask the recovery store) is reused for this long.
@@ -204,6 +211,9 @@ enum State {
         more: Option<Listing>,
         last_progress: Instant,
     },
+    /// Reply sent and the write side shut: reading what the client still sends until it
+    /// closes, for at most DRAIN_TIMEOUT and DRAIN_MAX bytes.
+    Drain { since: Instant, read: usize },
 }
 
 struct Conn {
@@ -301,7 +311,9 @@ impl Loop {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| match c.as_ref().map(|c| (&c.state, c.peer)) {
-                Some((State::Head { since, .. }, peer)) => Some((i, *since, peer)),
+                Some((State::Head { since, .. } | State::Drain { since, .. }, peer)) => {
+                    Some((i, *since, peer))
+                }
                 _ => None,
             })
             .min_by_key(|&(_, since, _)| since)
@@ -327,6 +339,7 @@ impl Loop {
                 Some(State::Reply { last_progress, .. }) => {
                     now.duration_since(*last_progress) >= STALL_TIMEOUT
                 }
+                Some(State::Drain { since, .. }) => now.duration_since(*since) >= DRAIN_TIMEOUT,
                 None => false,
             };
             if late {
@@ -367,6 +380,7 @@ impl Loop {
                 }
             },
             State::Reply { .. } => self.write(&mut conn),
+            State::Drain { read, .. } => drain(&mut conn.stream, read),
         };
         if keep {
             self.conns[slot] = Some(conn);
@@ -401,7 +415,13 @@ impl Loop {
                     }
                     None => {
                         let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                        return false;
+                        let mut read = 0;
+                        let keep = drain(&mut conn.stream, &mut read);
+                        conn.state = State::Drain {
+                            since: Instant::now(),
+                            read,
+                        };
+                        return keep;
                     }
                 }
             }
@@ -599,6 +619,24 @@ fn reply_head(status: u16, ctype: &str, len: Option<usize>, extra: &str) -> Repl
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n{len}{extra}Connection: close\r\n\r\n"
     );
     (head.into_bytes(), None)
+}
+
+/// Reads and drops what the client sends after its request; false (close) once it has closed
+/// its side, failed, or sent more than DRAIN_MAX.
+fn drain(stream: &mut TcpStream, read: &mut usize) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if *read >= DRAIN_MAX {
+            return false;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => *read += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// How reading a request head went.
