@@ -655,7 +655,46 @@ fn recovery_calls_and_read_repairs_are_counted() {
     assert!(c.put(b"refused: recovery fails").is_err());
     let m1 = s1.metrics().store;
     assert_eq!(m1.recovery_of(RecoveryCall::Put).errors, 1);
+    // Not ready while the last put to the recovery store failed (though it still answers
+    // lookups), ready again once one succeeds.
+    let admin = endpoint_of(&s1);
+    let (status, body) = http_get(admin.local_addr(), "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("last put to the recovery store failed"),
+        "{body}"
+    );
     faults.heal();
+    let mut c = blobvault::BlobClient::connect(s1.local_addr()).unwrap();
+    c.put(b"accepted: recovery works again").unwrap();
+    assert_eq!(
+        http_get(admin.local_addr(), "/healthz"),
+        (200, "ready\n".into())
+    );
+}
+
+#[test]
+fn healthz_is_not_ready_while_the_store_is_out_of_space() {
+    let ts = TestServer::start_durable();
+    let admin = endpoint(&ts);
+    let store = ts.store();
+    store.put(b"stored before the disk filled").unwrap();
+    ts.faults.disk_full();
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    assert!(store.put(&big).unwrap_err().is_no_space());
+    assert!(store.is_out_of_space());
+    let (status, body) = http_get(admin.local_addr(), "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("out of space"), "{body}");
+    assert!(body.contains(&store.dir().display().to_string()), "{body}");
+    // Space returns: the next PUT restores the reserve, and the store is ready again.
+    ts.faults.heal();
+    store.put(&big).unwrap();
+    assert!(!store.is_out_of_space());
+    assert_eq!(
+        http_get(admin.local_addr(), "/healthz"),
+        (200, "ready\n".into())
+    );
 }
 
 fn endpoint_of(server: &blobvault::BlobServer) -> AdminServer {

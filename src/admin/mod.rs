@@ -2,7 +2,8 @@
 //! port, answering
 //! - `GET /metrics`: every metric in Prometheus' text format (`expose.rs`);
 //! - `GET /healthz` (also `/healthz/ready`): 200 `ready` when the store is open, its writer
-//!   thread alive and its recovery store (if any) answers, else 503 with the reason;
+//!   thread alive, it is not out of space, its last recovery put did not fail and its recovery
+//!   store (if any) answers, else 503 with the reason;
 //!   `GET /healthz/live`: 200 `live` as long as the endpoint answers;
 //! - `GET /stat`: the store's figures as one JSON object (what `blobvault stat --metrics`
 //!   prints);
@@ -479,16 +480,18 @@ impl Loop {
         {
             return Err("the BLOB server has stopped".into());
         }
-        // The store's check may ask the recovery store over the network: once a second at most.
+        let Some(store) = &self.sources.store else {
+            return Ok(());
+        };
+        // Local checks each time; the recovery store's answer (maybe over the network) is
+        // reused for a second.
+        store.readiness_local()?;
         if let Some((at, r)) = &self.health
             && at.elapsed() < HEALTH_TTL
         {
             return r.clone();
         }
-        let r = match &self.sources.store {
-            Some(store) => store.readiness(),
-            None => Ok(()),
-        };
+        let r = store.recovery_answers();
         self.health = Some((Instant::now(), r.clone()));
         r
     }
