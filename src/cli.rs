@@ -702,15 +702,46 @@ fn ls_live(addr: &str, json: bool) -> CliResult {
     if json {
         write!(out, "{{\"server\":{},\"blobs\":[", json_str(addr))?;
     }
+    // A listing line is at most a key, a job id and a JSON-escaped name of 64 bytes.
+    const MAX_LINE: u64 = 4096;
+    let mut body = body;
     let mut complete = false;
     let mut n = 0u64;
-    for line in io::BufRead::lines(body) {
-        let line = line.map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        io::BufRead::read_until(
+            &mut io::Read::take(&mut body, MAX_LINE + 1),
+            b'\n',
+            &mut raw,
+        )
+        .map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+        if raw.is_empty() {
+            break;
+        }
+        if raw.len() as u64 > MAX_LINE {
+            return Err(Fail::new(format!(
+                "metrics endpoint {addr}: a listing line over {MAX_LINE} bytes (is it a \
+                 blobvault metrics endpoint?)"
+            )));
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.starts_with("{\"end\":true") {
+            let said = crate::admin::parse_flat_json(line)
+                .and_then(|f| f.into_iter().find(|(k, _)| k == "blobs"))
+                .and_then(|(_, v)| v.parse::<u64>().ok());
+            if said != Some(n) {
+                out.flush()?;
+                return Err(Fail::new(format!(
+                    "metrics endpoint {addr}: the listing's end line {line:?} does not match the \
+                     {n} blobs received"
+                )));
+            }
             complete = true;
             break;
         }
-        let entry = crate::admin::parse_entry(&line).ok_or_else(|| {
+        let entry = crate::admin::parse_entry(line).ok_or_else(|| {
             Fail::new(format!(
                 "metrics endpoint {addr}: bad listing line {line:?}"
             ))
@@ -750,12 +781,12 @@ fn stat_live(addr: &str, json: bool) -> CliResult {
         &mut body,
     )
     .map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+    let fields = crate::admin::parse_flat_json(&body)
+        .ok_or_else(|| Fail::new(format!("metrics endpoint {addr}: bad /stat reply {body:?}")))?;
     if json {
         println!("{}", body.trim_end());
         return Ok(());
     }
-    let fields = crate::admin::parse_flat_json(&body)
-        .ok_or_else(|| Fail::new(format!("metrics endpoint {addr}: bad /stat reply {body:?}")))?;
     let get = |k: &str| {
         fields
             .iter()

@@ -823,3 +823,62 @@ fn a_reply_is_not_cut_short_when_the_client_sent_more_than_its_request() {
     assert!(len > 8192, "a reply larger than the window: {len}");
     assert_eq!(body.len(), len);
 }
+
+/// A stand-in for a metrics endpoint: answers each of `bodies`, in turn, to one connection
+/// with a 200 and that body.
+fn fake_endpoint(bodies: Vec<String>) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        for body in bodies {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                if s.read(&mut b).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{body}");
+        }
+    });
+    (addr, t)
+}
+
+#[test]
+fn stat_and_ls_refuse_replies_that_are_not_what_the_endpoint_sends() {
+    let key = "0".repeat(40);
+    let bodies = vec![
+        "<html>a proxy's page</html>\n".to_string(),
+        format!("{{\"key\":\"{key}\",\"size\":3}}\n{{\"end\":true,\"blobs\":2}}\n"),
+        format!(
+            "{{\"key\":\"{key}\",\"size\":3,\"pad\":\"{}\"}}\n",
+            "x".repeat(100_000)
+        ),
+        format!("{{\"key\":\"{key}\",\"size\":3}}\n{{\"end\":true,\"blobs\":1}}\n"),
+    ];
+    let (addr, t) = fake_endpoint(bodies);
+    let at = addr.to_string();
+    let run = |args: &[&str]| {
+        let out = cli(args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["stat", "--metrics", &at, "--json"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bad /stat reply"), "{err}");
+    let (code, err) = run(&["ls", "--metrics", &at]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("does not match the 1 blobs received"), "{err}");
+    let (code, err) = run(&["ls", "--metrics", &at]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("over 4096 bytes"), "{err}");
+    // A listing that agrees with its end line is accepted.
+    let (code, err) = run(&["ls", "--metrics", &at]);
+    assert_eq!(code, Some(0), "{err}");
+    t.join().unwrap();
+}
