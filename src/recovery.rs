@@ -307,8 +307,8 @@ pub(crate) fn read_repair(
         }
         BlobId::Named(j, n) => PutTarget::Named(*j, n.clone()),
     };
+    // Counted by the writer if it applied (read_repairs_total).
     store.commit_local(spooled, target)?;
-    store.counters().read_repairs.inc();
     tracing::info!(blob = %id, "blob restored from the recovery store");
     store.get(id)
 }

@@ -882,3 +882,33 @@ fn stat_and_ls_refuse_replies_that_are_not_what_the_endpoint_sends() {
     assert_eq!(code, Some(0), "{err}");
     t.join().unwrap();
 }
+
+#[test]
+fn only_read_repairs_that_apply_are_counted() {
+    use blobvault::PutTarget;
+    use blobvault::recovery::RedbRecoveryStore;
+    use blobvault::store::StoreOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = RedbRecoveryStore::open(&tmp.path().join("rec")).unwrap();
+    let open = |name: &str| {
+        StoreOptions::new(tmp.path().join(name))
+            .recovery(rec.clone())
+            .open()
+            .unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    let key = a.put(b"held by the recovery store").unwrap();
+    let repair = || {
+        let mut up = b.upload();
+        up.write(b"held by the recovery store").unwrap();
+        b.commit_local(up.finish().unwrap(), PutTarget::Content)
+            .unwrap()
+    };
+    // Absent from b, held by the recovery store: the repair applies.
+    assert_eq!(repair(), key);
+    assert_eq!(b.metrics().read_repairs, 1);
+    // A second repair of the same blob (as a concurrent GET's would be) is vetoed: not counted.
+    assert_eq!(repair(), key);
+    assert_eq!(b.metrics().read_repairs, 1);
+    assert_eq!(b.metrics().content_blobs, 1);
+}

@@ -48,6 +48,8 @@ const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 enum Outcome {
     Key(BlobKey),
+    /// A read-repair (a local-only put) that was applied, not vetoed by a newer write.
+    Repaired(BlobKey),
     Count(u64),
 }
 
@@ -104,6 +106,13 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             .iter()
             .any(|op| !matches!(op, WriteOp::Barrier { .. }));
         let (results, durable) = process(&shared, &batch);
+        // Counted once committed, and only the repairs that applied (a concurrent GET's repair
+        // of the same blob, or a newer write, vetoes the others).
+        let repaired = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Outcome::Repaired(_))))
+            .count();
+        shared.metrics.read_repairs.add(repaired as u64);
         reply_all(batch, results);
         if writes && !durable {
             lazy.unsynced();
@@ -267,6 +276,7 @@ fn out_of_space(
             results[i] = Some(match &r {
                 Ok(outcomes) => Ok(match outcomes[k] {
                     Outcome::Key(key) => Outcome::Key(key),
+                    Outcome::Repaired(key) => Outcome::Repaired(key),
                     Outcome::Count(n) => Outcome::Count(n),
                 }),
                 Err(e) if guarded && space::is_out_of_space(e) => {
@@ -356,14 +366,14 @@ fn reply_all(batch: Vec<WriteOp>, results: Vec<Result<Outcome, StoreError>>) {
         match op {
             WriteOp::Put { reply, .. } => {
                 let _ = reply.send(r.map(|o| match o {
-                    Outcome::Key(k) => k,
+                    Outcome::Key(k) | Outcome::Repaired(k) => k,
                     Outcome::Count(_) => BlobKey::default(),
                 }));
             }
             WriteOp::Delete { reply, .. } | WriteOp::DeleteLocal { reply, .. } => {
                 let _ = reply.send(r.map(|o| match o {
                     Outcome::Count(n) => n,
-                    Outcome::Key(_) => 0,
+                    Outcome::Key(_) | Outcome::Repaired(_) => 0,
                 }));
             }
             WriteOp::Barrier { reply } => {
@@ -643,7 +653,18 @@ fn apply(
                 target,
                 local_only: true,
                 ..
-            } if !t.repair_applies(blob.key(), target, recovery)? => Outcome::Key(blob.key()),
+            } => {
+                if t.repair_applies(blob.key(), target, recovery)? {
+                    Outcome::Repaired(t.put_with(
+                        blob.key(),
+                        blob.len(),
+                        |offset, buf| blob.read_at(offset, buf),
+                        target,
+                    )?)
+                } else {
+                    Outcome::Key(blob.key())
+                }
+            }
             WriteOp::Put { blob, target, .. } => Outcome::Key(t.put_with(
                 blob.key(),
                 blob.len(),
