@@ -22,6 +22,8 @@ use crate::{BlobClient, BlobServer, ClientError};
 
 /// Exit status of a failure.
 const EXIT_FAILURE: i32 = 1;
+/// Exit status of a usage error (clap's own).
+const EXIT_USAGE: i32 = 2;
 /// Exit status of `get` when the blob is not there.
 const EXIT_NO_SUCH_BLOB: i32 = 3;
 /// Environment variable naming the server of `put`, `get` and `delete`.
@@ -212,7 +214,7 @@ enum Cmd {
         dir: StoreDir,
         /// List a running server's store through its metrics endpoint (the HOST:PORT given to
         /// `serve --metrics`) instead of opening a directory.
-        #[arg(long, value_name = "HOST:PORT", conflicts_with = "dir")]
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "dir", value_parser = parse_host_port)]
         metrics: Option<String>,
         /// Print one JSON document.
         #[arg(long)]
@@ -229,7 +231,7 @@ enum Cmd {
         dir: StoreDir,
         /// Ask a running server through its metrics endpoint (the HOST:PORT given to `serve
         /// --metrics`) instead of opening a directory.
-        #[arg(long, value_name = "HOST:PORT", conflicts_with = "dir")]
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "dir", value_parser = parse_host_port)]
         metrics: Option<String>,
         /// Print one JSON document.
         #[arg(long)]
@@ -364,8 +366,8 @@ struct ServeArgs {
     tls_client_ca: Option<PathBuf>,
     /// Serve metrics and health over HTTP at HOST:PORT (/metrics in Prometheus' format,
     /// /healthz, /stat, /blobs), e.g. 127.0.0.1:9249. Off by default; the configuration key
-    /// metrics.reporter.prom.port turns it on at the --bind address.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// metrics.reporter.prom.port turns it on at 127.0.0.1 only.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
     metrics: Option<String>,
 }
 
@@ -408,6 +410,19 @@ fn serve_tls(a: &ServeArgs, conf: &Configuration) -> CliResult<Option<ServerTlsF
                 keys::TLS_KEY
             )))
         }
+    }
+}
+
+/// A `--metrics` value: a HOST:PORT that resolves (checked before any store is opened, so a
+/// typo is a usage error).
+fn parse_host_port(s: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    match s.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(s.to_string()),
+        Ok(None) => Err(format!("{s} resolves to no address; e.g. 127.0.0.1:9249")),
+        Err(e) => Err(format!(
+            "not a HOST:PORT that resolves ({e}); e.g. 127.0.0.1:9249"
+        )),
     }
 }
 
@@ -649,6 +664,7 @@ fn serve(a: ServeArgs) -> CliResult {
     if let Some(limit) = crate::server::raise_fd_limit(need) {
         tracing::debug!(limit, "descriptor limit");
     }
+    let metrics_at = metrics_at(a.metrics.as_deref(), &conf)?;
     let dir = absolute(a.dir.unwrap_or_else(default_data_dir));
     check_dir_arg(&dir, "--dir")?;
     let mut opts = StoreOptions::new(&dir)
@@ -669,7 +685,6 @@ fn serve(a: ServeArgs) -> CliResult {
         opts = opts.recovery(r);
     }
     let store = opts.open().map_err(|e| store_fail(e, &dir, Use::Serve))?;
-    let bind = config.bind;
     let server = BlobServer::start(store, config).map_err(|e| match &e {
         crate::server::ServerError::Bind { source, .. }
             if source.kind() == io::ErrorKind::AddrInUse =>
@@ -684,7 +699,7 @@ fn serve(a: ServeArgs) -> CliResult {
     let server = Arc::new(server);
     let stop_rx = handle_signals(&server)?;
     tracing::info!(dir = %dir.display(), "serving store");
-    let admin = start_metrics(a.metrics.as_deref(), &conf, bind, &server)?;
+    let admin = start_metrics(metrics_at, &server)?;
     let mut out = io::stdout().lock();
     writeln!(out, "listening on {}", server.local_addr())?;
     if let Some(admin) = &admin {
@@ -728,36 +743,61 @@ fn handle_signals(server: &Arc<BlobServer>) -> CliResult<crossbeam_channel::Rece
     Ok(stop_rx)
 }
 
-/// The metrics endpoint of `serve`: at `--metrics`, else at `metrics.reporter.prom.port` on the
-/// bind address, else none.
+/// Where `serve` puts its metrics endpoint, decided before the store opens.
+enum MetricsAt {
+    /// `--metrics HOST:PORT`: every address it resolves to, tried in turn; failing is fatal.
+    Flag(String, Vec<std::net::SocketAddr>),
+    /// `metrics.reporter.prom.port`: these ports on 127.0.0.1 only (the key was meant for
+    /// Flink's reporter: it must not expose the blob listing on a cluster address, and a port
+    /// already taken, e.g. by that reporter, only turns the endpoint off, with a warning).
+    Key(Vec<std::net::SocketAddr>),
+    /// Off.
+    Off,
+}
+
+fn metrics_at(flag: Option<&str>, conf: &Configuration) -> CliResult<MetricsAt> {
+    use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+    match (flag, conf.get(keys::METRICS_PORT)) {
+        (Some(addr), _) => {
+            let addrs = addr.to_socket_addrs().map_err(|e| Fail {
+                code: EXIT_USAGE,
+                msg: format!(
+                    "--metrics {addr}: not a HOST:PORT that resolves ({e}); e.g. 127.0.0.1:9249"
+                ),
+            })?;
+            Ok(MetricsAt::Flag(addr.to_string(), addrs.collect()))
+        }
+        (None, Some(v)) => match v.parse::<PortRange>() {
+            Ok(ports) => Ok(MetricsAt::Key(
+                (ports.first..=ports.last)
+                    .map(|p| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p))
+                    .collect(),
+            )),
+            Err(e) => {
+                tracing::warn!(
+                    key = keys::METRICS_PORT,
+                    value = v,
+                    error = %e,
+                    "not a port or port range; the metrics endpoint is off (or give --metrics HOST:PORT)"
+                );
+                Ok(MetricsAt::Off)
+            }
+        },
+        (None, None) => Ok(MetricsAt::Off),
+    }
+}
+
+/// The metrics endpoint of `serve`, where [`metrics_at`] decided.
 fn start_metrics(
-    flag: Option<&str>,
-    conf: &Configuration,
-    bind: std::net::IpAddr,
+    at: MetricsAt,
     server: &BlobServer,
 ) -> CliResult<Option<crate::admin::AdminServer>> {
-    use std::net::{SocketAddr, ToSocketAddrs};
-    let candidates: Vec<SocketAddr> = match (flag, conf.get(keys::METRICS_PORT)) {
-        (Some(addr), _) => addr
-            .to_socket_addrs()
-            .map_err(|e| {
-                Fail::new(format!(
-                    "--metrics {addr}: not a HOST:PORT that resolves ({e}); e.g. 127.0.0.1:9249"
-                ))
-            })?
-            .take(1)
-            .collect(),
-        (None, Some(v)) => {
-            let ports: PortRange = v
-                .parse()
-                .map_err(|e| Fail::new(format!("{}: {e}", keys::METRICS_PORT)))?;
-            (ports.first..=ports.last)
-                .map(|p| SocketAddr::new(bind, p))
-                .collect()
-        }
-        (None, None) => return Ok(None),
-    };
     let sources = crate::admin::Sources::new().server(server.probe());
+    let (candidates, flag) = match at {
+        MetricsAt::Flag(text, addrs) => (addrs, Some(text)),
+        MetricsAt::Key(addrs) => (addrs, None),
+        MetricsAt::Off => return Ok(None),
+    };
     let mut last = None;
     for addr in candidates {
         match crate::admin::AdminServer::start(addr, sources.clone()) {
@@ -765,10 +805,21 @@ fn start_metrics(
             Err(e) => last = Some(e),
         }
     }
-    Err(Fail::new(match last {
-        Some(e) => format!("{e}; give another address with --metrics HOST:PORT"),
-        None => "no address for the metrics endpoint".into(),
-    }))
+    let why = last.map_or("no address".to_string(), |e| e.to_string());
+    match flag {
+        Some(text) => Err(Fail::new(format!(
+            "--metrics {text}: {why}; give another address with --metrics HOST:PORT"
+        ))),
+        None => {
+            tracing::warn!(
+                key = keys::METRICS_PORT,
+                error = %why,
+                "the metrics endpoint is off (is Flink's own Prometheus reporter on that port?); \
+                 give --metrics HOST:PORT to choose its address"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// `ls --metrics`: a running server's blobs, streamed from its endpoint's `/blobs`.
@@ -778,15 +829,46 @@ fn ls_live(addr: &str, json: bool) -> CliResult {
     if json {
         write!(out, "{{\"server\":{},\"blobs\":[", json_str(addr))?;
     }
+    // A listing line is at most a key, a job id and a JSON-escaped name of 64 bytes.
+    const MAX_LINE: u64 = 4096;
+    let mut body = body;
     let mut complete = false;
     let mut n = 0u64;
-    for line in io::BufRead::lines(body) {
-        let line = line.map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        io::BufRead::read_until(
+            &mut io::Read::take(&mut body, MAX_LINE + 1),
+            b'\n',
+            &mut raw,
+        )
+        .map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+        if raw.is_empty() {
+            break;
+        }
+        if raw.len() as u64 > MAX_LINE {
+            return Err(Fail::new(format!(
+                "metrics endpoint {addr}: a listing line over {MAX_LINE} bytes (is it a \
+                 blobvault metrics endpoint?)"
+            )));
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.starts_with("{\"end\":true") {
+            let said = crate::admin::parse_flat_json(line)
+                .and_then(|f| f.into_iter().find(|(k, _)| k == "blobs"))
+                .and_then(|(_, v)| v.parse::<u64>().ok());
+            if said != Some(n) {
+                out.flush()?;
+                return Err(Fail::new(format!(
+                    "metrics endpoint {addr}: the listing's end line {line:?} does not match the \
+                     {n} blobs received"
+                )));
+            }
             complete = true;
             break;
         }
-        let entry = crate::admin::parse_entry(&line).ok_or_else(|| {
+        let entry = crate::admin::parse_entry(line).ok_or_else(|| {
             Fail::new(format!(
                 "metrics endpoint {addr}: bad listing line {line:?}"
             ))
@@ -826,12 +908,12 @@ fn stat_live(addr: &str, json: bool) -> CliResult {
         &mut body,
     )
     .map_err(|e| Fail::new(format!("metrics endpoint {addr}: {e}")))?;
+    let fields = crate::admin::parse_flat_json(&body)
+        .ok_or_else(|| Fail::new(format!("metrics endpoint {addr}: bad /stat reply {body:?}")))?;
     if json {
         println!("{}", body.trim_end());
         return Ok(());
     }
-    let fields = crate::admin::parse_flat_json(&body)
-        .ok_or_else(|| Fail::new(format!("metrics endpoint {addr}: bad /stat reply {body:?}")))?;
     let get = |k: &str| {
         fields
             .iter()

@@ -360,6 +360,8 @@ pub(crate) struct StoreMetrics {
     recovery_time: [Timer; 5],
     pub(crate) read_repairs: Counter,
     pub(crate) damaged_chunks: Counter,
+    /// Why the last put to the recovery store failed, until one succeeds (readiness).
+    recovery_put_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Histogram<11> {
@@ -402,7 +404,10 @@ impl StoreMetrics {
         &self,
         call: RecoveryCall,
         f: impl FnOnce() -> Result<T, E>,
-    ) -> Result<T, E> {
+    ) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+    {
         let started = std::time::Instant::now();
         let r = f();
         let i = call as usize;
@@ -411,7 +416,17 @@ impl StoreMetrics {
         if r.is_err() {
             self.recovery_errors[i].inc();
         }
+        if call == RecoveryCall::Put
+            && let Ok(mut last) = self.recovery_put_failure.lock()
+        {
+            *last = r.as_ref().err().map(ToString::to_string);
+        }
         r
+    }
+
+    /// Why the last put to the recovery store failed, unless one succeeded since.
+    pub(crate) fn recovery_put_failure(&self) -> Option<String> {
+        self.recovery_put_failure.lock().ok()?.clone()
     }
 
     /// The counts; the caller fills in the file's size and what it reads elsewhere.
@@ -491,7 +506,10 @@ pub struct StoreSnapshot {
     /// Damaged chunks found by reads (a chunk missing, short, or failing its checksum or the
     /// blob's hash).
     pub damaged_chunks: u64,
-    /// Whether PUTs are refused for want of space.
+    /// Whether the store is out of space (see [`BlobStore::is_out_of_space`]): PUTs are refused
+    /// but after a DELETE freed pages, until the file system has room for the reserve again.
+    ///
+    /// [`BlobStore::is_out_of_space`]: crate::BlobStore::is_out_of_space
     pub out_of_space: bool,
 }
 

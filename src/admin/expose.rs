@@ -260,7 +260,7 @@ fn encode_store(e: &mut DescriptorEncoder, s: &StoreSnapshot) -> fmt::Result {
     gauge(
         e,
         "store_out_of_space",
-        "1 while PUTs are refused for want of disk space",
+        "1 while the store is out of space (PUTs refused but after a DELETE freed pages) until the disk has room for its reserve again",
         s.out_of_space as u64,
     )?;
     histogram(

@@ -2,7 +2,8 @@
 //! port, answering
 //! - `GET /metrics`: every metric in Prometheus' text format (`expose.rs`);
 //! - `GET /healthz` (also `/healthz/ready`): 200 `ready` when the store is open, its writer
-//!   thread alive and its recovery store (if any) answers, else 503 with the reason;
+//!   thread alive, it is not out of space, its last recovery put did not fail and its recovery
+//!   store (if any) answers, else 503 with the reason;
 //!   `GET /healthz/live`: 200 `live` as long as the endpoint answers;
 //! - `GET /stat`: the store's figures as one JSON object (what `blobvault stat --metrics`
 //!   prints);
@@ -10,11 +11,15 @@
 //!   a page at a time as the client takes it (what `blobvault ls --metrics` prints).
 //!
 //! Hostile or broken clients cannot reach the BLOB port through it, nor make it grow: it is one
-//! thread of its own, a readiness loop (mio) over at most [`MAX_CONNECTIONS`] connections (more
-//! are accepted and closed at once), a request head of at most [`MAX_HEAD`] bytes (parsed by
-//! `httparse`, hyper's parser; larger gets 431), a deadline for the head ([`HEAD_TIMEOUT`]) and
-//! for any pause in taking the reply ([`STALL_TIMEOUT`]), one request per connection. Memory is
-//! bounded by those numbers: a connection holds its head buffer and one page of reply.
+//! thread of its own, a readiness loop (mio) over at most [`MAX_CONNECTIONS`] connections (when
+//! all are taken, a newcomer evicts the oldest one still without a complete request head, so
+//! idle sockets cannot lock probes out; if every slot is sending a reply the newcomer is closed),
+//! a request head of at most [`MAX_HEAD`] bytes (parsed by `httparse`, hyper's parser; larger
+//! gets 431), deadlines for the first byte ([`FIRST_BYTE_TIMEOUT`]), the whole head
+//! ([`HEAD_TIMEOUT`]) and any pause in taking the reply ([`STALL_TIMEOUT`]), one request per
+//! connection; after the reply, input the client sent beyond its head is drained (bounded in
+//! time and bytes) before closing, so the close does not reset the connection under the reply. Memory is bounded by those numbers: a connection holds its head buffer and one
+//! page of reply.
 //!
 //! Why not an HTTP server crate: `tiny_http` (0.12) starts a thread per connection with no
 //! limit, reads header lines of any length, and has no read timeout; hyper brings an async
@@ -42,16 +47,25 @@ use crate::library::LibraryCacheManager;
 use crate::server::ServerProbe;
 use crate::store::{BlobEntry, BlobStore, ListCursor};
 
-/// Connections served at once; more are closed as soon as accepted.
+/// Connections served at once; a newcomer beyond them evicts the oldest connection whose request
+/// head is incomplete, or is closed if every slot is replying.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Largest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Headers per request at most.
 const MAX_HEADERS: usize = 32;
+/// Time from accept to the first byte of the request (a probe sends its head at once).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time from accept to a complete request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause of a client taking its reply.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a reply, input the client sent beyond its request head is read and dropped for this
+/// long at most (or [`DRAIN_MAX`] bytes) before closing: closing with unread input makes the
+/// kernel reset the connection, discarding reply bytes not yet delivered.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes drained at most after a reply.
+const DRAIN_MAX: usize = 256 * 1024;
 /// Blobs per page of `/blobs` (one read transaction each).
 const LIST_PAGE: usize = 256;
 /// A readiness check (which may ask the recovery store) is reused for this long.
@@ -189,8 +203,8 @@ impl Drop for AdminServer {
 
 /// What a connection is doing.
 enum State {
-    /// Reading the request head, due by `deadline`.
-    Head { buf: Vec<u8>, deadline: Instant },
+    /// Reading the request head, accepted `since`.
+    Head { buf: Vec<u8>, since: Instant },
     /// Sending the reply; `more` produces the rest of a streamed one.
     Reply {
         out: Vec<u8>,
@@ -198,6 +212,9 @@ enum State {
         more: Option<Listing>,
         last_progress: Instant,
     },
+    /// Reply sent and the write side shut: reading what the client still sends until it
+    /// closes, for at most DRAIN_TIMEOUT and DRAIN_MAX bytes.
+    Drain { since: Instant, read: usize },
 }
 
 struct Conn {
@@ -258,8 +275,8 @@ impl Loop {
                     return;
                 }
             };
-            let Some(slot) = self.conns.iter().position(Option::is_none) else {
-                // Full: closed at once, so the backlog drains and nothing waits on us.
+            let Some(slot) = self.free_slot() else {
+                // Every slot is sending a reply: closed at once, so the backlog drains.
                 tracing::debug!(%peer, "metrics endpoint busy; connection closed");
                 continue;
             };
@@ -276,12 +293,35 @@ impl Loop {
                 peer,
                 state: State::Head {
                     buf: Vec::new(),
-                    deadline: Instant::now() + HEAD_TIMEOUT,
+                    since: Instant::now(),
                 },
             });
             // Bytes may have arrived with the connection.
             self.turn(slot);
         }
+    }
+
+    /// A free slot; when none, the slot of the oldest connection still without a complete
+    /// request head, evicted (idle sockets must not keep probes out).
+    fn free_slot(&mut self) -> Option<usize> {
+        if let Some(slot) = self.conns.iter().position(Option::is_none) {
+            return Some(slot);
+        }
+        let (slot, peer) = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c.as_ref().map(|c| (&c.state, c.peer)) {
+                Some((State::Head { since, .. } | State::Drain { since, .. }, peer)) => {
+                    Some((i, *since, peer))
+                }
+                _ => None,
+            })
+            .min_by_key(|&(_, since, _)| since)
+            .map(|(i, _, peer)| (i, peer))?;
+        tracing::debug!(%peer, "metrics endpoint full; the oldest connection without a request evicted");
+        self.close(slot);
+        Some(slot)
     }
 
     fn close(&mut self, slot: usize) {
@@ -293,10 +333,14 @@ impl Loop {
     fn sweep(&mut self, now: Instant) {
         for slot in 0..self.conns.len() {
             let late = match self.conns[slot].as_ref().map(|c| &c.state) {
-                Some(State::Head { deadline, .. }) => now >= *deadline,
+                Some(State::Head { buf, since }) => {
+                    let waited = now.duration_since(*since);
+                    waited >= HEAD_TIMEOUT || (buf.is_empty() && waited >= FIRST_BYTE_TIMEOUT)
+                }
                 Some(State::Reply { last_progress, .. }) => {
                     now.duration_since(*last_progress) >= STALL_TIMEOUT
                 }
+                Some(State::Drain { since, .. }) => now.duration_since(*since) >= DRAIN_TIMEOUT,
                 None => false,
             };
             if late {
@@ -337,6 +381,7 @@ impl Loop {
                 }
             },
             State::Reply { .. } => self.write(&mut conn),
+            State::Drain { read, .. } => drain(&mut conn.stream, read),
         };
         if keep {
             self.conns[slot] = Some(conn);
@@ -371,7 +416,13 @@ impl Loop {
                     }
                     None => {
                         let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                        return false;
+                        let mut read = 0;
+                        let keep = drain(&mut conn.stream, &mut read);
+                        conn.state = State::Drain {
+                            since: Instant::now(),
+                            read,
+                        };
+                        return keep;
                     }
                 }
             }
@@ -429,16 +480,18 @@ impl Loop {
         {
             return Err("the BLOB server has stopped".into());
         }
-        // The store's check may ask the recovery store over the network: once a second at most.
+        let Some(store) = &self.sources.store else {
+            return Ok(());
+        };
+        // Local checks each time; the recovery store's answer (maybe over the network) is
+        // reused for a second.
+        store.readiness_local()?;
         if let Some((at, r)) = &self.health
             && at.elapsed() < HEALTH_TTL
         {
             return r.clone();
         }
-        let r = match &self.sources.store {
-            Some(store) => store.readiness(),
-            None => Ok(()),
-        };
+        let r = store.recovery_answers();
         self.health = Some((Instant::now(), r.clone()));
         r
     }
@@ -569,6 +622,24 @@ fn reply_head(status: u16, ctype: &str, len: Option<usize>, extra: &str) -> Repl
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n{len}{extra}Connection: close\r\n\r\n"
     );
     (head.into_bytes(), None)
+}
+
+/// Reads and drops what the client sends after its request; false (close) once it has closed
+/// its side, failed, or sent more than DRAIN_MAX.
+fn drain(stream: &mut TcpStream, read: &mut usize) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if *read >= DRAIN_MAX {
+            return false;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => *read += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// How reading a request head went.

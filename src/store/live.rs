@@ -61,9 +61,16 @@ impl BlobStore {
         s
     }
 
-    /// Whether the store can take work: its writer thread runs, its database opens, and its
-    /// recovery store (if any) answers. `Err` says which failed.
+    /// Whether the store can take work: its writer thread runs, its database opens, it is not
+    /// out of space, the last put to its recovery store (if any) did not fail, and that
+    /// recovery store answers. `Err` says which failed.
     pub fn readiness(&self) -> Result<(), String> {
+        self.readiness_local()?;
+        self.recovery_answers()
+    }
+
+    /// The checks of [`BlobStore::readiness`] that ask nothing over the network.
+    pub(crate) fn readiness_local(&self) -> Result<(), String> {
         let writer_alive = self
             .inner
             .writer
@@ -80,6 +87,23 @@ impl BlobStore {
             .map_err(|e| format!("the store's database is not open: {e}"))?;
         db.begin_read()
             .map_err(|e| format!("the store's database cannot be read: {e}"))?;
+        if self.is_out_of_space() {
+            return Err(format!(
+                "the store {} is out of space: PUTs are refused until space is freed (delete \
+                 blobs, or free space on its file system)",
+                self.dir().display()
+            ));
+        }
+        if let Some(e) = self.inner.shared.metrics.recovery_put_failure() {
+            return Err(format!(
+                "the last put to the recovery store failed ({e}); PUTs fail until one succeeds"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the recovery store (if any) answers a lookup; may go over the network.
+    pub(crate) fn recovery_answers(&self) -> Result<(), String> {
         if let Some(rec) = self.recovery() {
             // Any lookup proves the recovery store answers; this key names nothing.
             rec.key_of(&BlobId::Content(BlobKey::default()))

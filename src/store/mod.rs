@@ -856,8 +856,8 @@ impl BlobStore {
                 PutTarget::Named(*j, n.clone())
             }
         };
+        // Counted by the writer if it applied (read_repairs_total).
         store.commit_local(spooled, target)?;
-        store.counters().read_repairs.inc();
         tracing::info!(blob = %id, "blob restored from the recovery store");
         store.get(id)
     }

@@ -1,7 +1,7 @@
 //! The single writer thread: group commit of queued PUTs and DELETEs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
@@ -39,25 +39,42 @@ pub(crate) enum WriteOp {
     FreePending,
 }
 
+/// How often an idle writer tries again to count the store's figures while a storage failure
+/// keeps the database from reopening.
+const RECOUNT_RETRY: Duration = Duration::from_secs(1);
+
 /// Bytes of uploads after which a batch stops growing (one batch is one transaction).
 const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 enum Outcome {
     Key(BlobKey),
+    /// A read-repair (a local-only put) that was applied, not vetoed by a newer write.
+    Repaired(BlobKey),
     Count(u64),
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
-    // At once, so that a server that only reads reports its figures too.
-    count_if_needed(&shared);
     let mut lazy = LazySync::default();
+    // When to try counting again after a storage failure uncounted the figures (at once, and
+    // again each RECOUNT_RETRY while the database cannot be reopened), so that they come back
+    // without waiting for a write. At start too: a server that only reads reports them.
+    let mut recount_at: Option<Instant> = None;
     loop {
+        if !shared.metrics.is_counted() {
+            let at = *recount_at.get_or_insert_with(Instant::now);
+            if at <= Instant::now() {
+                count_if_needed(&shared);
+                recount_at = (!shared.metrics.is_counted()).then(|| Instant::now() + RECOUNT_RETRY);
+            }
+        } else {
+            recount_at = None;
+        }
         // Group commit sized by load: a batch is whatever was queued while the previous commit
         // ran (up to `max_batch` operations and MAX_BATCH_BYTES). Waiting for more was measured
         // and rejected: on two cores, N busy writers split into two alternating half-batches
         // overlap one half's CPU work with the other half's fsync, while one full batch
         // serialises them (17% fewer 4 KiB PUTs/s with 8 connections; BENCHMARKS.md).
-        let first = match lazy.due_at(&shared) {
+        let first = match lazy.due_at(&shared).into_iter().chain(recount_at).min() {
             None => match rx.recv() {
                 Ok(op) => op,
                 Err(_) => break,
@@ -65,7 +82,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             Some(at) => match rx.recv_deadline(at) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    lazy.sync(&shared);
+                    if lazy.due_at(&shared).is_some_and(|at| at <= Instant::now()) {
+                        lazy.sync(&shared);
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -87,6 +106,13 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             .iter()
             .any(|op| !matches!(op, WriteOp::Barrier { .. }));
         let (results, durable) = process(&shared, &batch);
+        // Counted once committed, and only the repairs that applied (a concurrent GET's repair
+        // of the same blob, or a newer write, vetoes the others).
+        let repaired = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Outcome::Repaired(_))))
+            .count();
+        shared.metrics.read_repairs.add(repaired as u64);
         reply_all(batch, results);
         if writes && !durable {
             lazy.unsynced();
@@ -250,6 +276,7 @@ fn out_of_space(
             results[i] = Some(match &r {
                 Ok(outcomes) => Ok(match outcomes[k] {
                     Outcome::Key(key) => Outcome::Key(key),
+                    Outcome::Repaired(key) => Outcome::Repaired(key),
                     Outcome::Count(n) => Outcome::Count(n),
                 }),
                 Err(e) if guarded && space::is_out_of_space(e) => {
@@ -339,14 +366,14 @@ fn reply_all(batch: Vec<WriteOp>, results: Vec<Result<Outcome, StoreError>>) {
         match op {
             WriteOp::Put { reply, .. } => {
                 let _ = reply.send(r.map(|o| match o {
-                    Outcome::Key(k) => k,
+                    Outcome::Key(k) | Outcome::Repaired(k) => k,
                     Outcome::Count(_) => BlobKey::default(),
                 }));
             }
             WriteOp::Delete { reply, .. } | WriteOp::DeleteLocal { reply, .. } => {
                 let _ = reply.send(r.map(|o| match o {
                     Outcome::Count(n) => n,
-                    Outcome::Key(_) => 0,
+                    Outcome::Key(_) | Outcome::Repaired(_) => 0,
                 }));
             }
             WriteOp::Barrier { reply } => {
@@ -614,7 +641,18 @@ fn apply(
                 target,
                 local_only: true,
                 ..
-            } if !t.repair_applies(blob.key(), target, recovery)? => Outcome::Key(blob.key()),
+            } => {
+                if t.repair_applies(blob.key(), target, recovery)? {
+                    Outcome::Repaired(t.put_with(
+                        blob.key(),
+                        blob.len(),
+                        |offset, buf| blob.read_at(offset, buf),
+                        target,
+                    )?)
+                } else {
+                    Outcome::Key(blob.key())
+                }
+            }
             WriteOp::Put { blob, target, .. } => Outcome::Key(t.put_with(
                 blob.key(),
                 blob.len(),
