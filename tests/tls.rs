@@ -609,3 +609,38 @@ fn a_fin_arriving_with_data_is_seen_through_tls() {
     assert_eq!(reply.first(), Some(&1u8), "an error reply: {reply:?}");
     srv.wait_for_log(&["Premature end of PUT"], WAIT);
 }
+
+/// A close_notify sent with the last request, the TCP connection left open: the request is
+/// answered and the connection then closed at once, not at the idle timeout.
+#[test]
+fn a_close_notify_with_the_last_request_closes_after_the_reply() {
+    let c = cast();
+    let srv = c.serve(false, &["--idle-timeout", "600"]);
+    let (mut conn, mut tcp) = raw_tls(srv.addr, &c.ca);
+    let data = b"the last request";
+    let mut put = vec![0u8, 0u8];
+    put.extend((data.len() as i32).to_le_bytes());
+    put.extend(data);
+    put.extend((-1i32).to_le_bytes());
+    conn.writer().write_all(&put).expect("plaintext");
+    conn.send_close_notify();
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).expect("encode");
+    }
+    tcp.write_all(&wire).expect("send");
+    let mut reply = Vec::new();
+    loop {
+        match conn.read_tls(&mut tcp) {
+            Ok(0) => break,
+            Ok(_) => {
+                conn.process_new_packets().expect("records");
+                let _ = conn.reader().read_to_end(&mut reply);
+            }
+            Err(e) => panic!("the server kept the connection open: {e}"),
+        }
+    }
+    // RETURN_OKAY and the content key.
+    assert_eq!(reply.first(), Some(&0u8), "{reply:?}");
+    assert_eq!(&reply[1..], BlobKey::of(data).as_bytes());
+}

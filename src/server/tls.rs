@@ -103,9 +103,10 @@ impl Tls {
         self.conn.wants_write()
     }
 
-    /// Whether plaintext or ciphertext is held that a read would return without the socket.
+    /// Whether a read would return something without the socket: plaintext or ciphertext held,
+    /// or the end of the stream (a close_notify that came with the last request).
     pub(super) fn has_input(&self) -> bool {
-        self.pending_at < self.pending.len() || self.plaintext > 0
+        self.pending_at < self.pending.len() || self.plaintext > 0 || self.ended
     }
 
     /// Plaintext from the peer into `buf`, as `Read::read` on a nonblocking socket would give it:
