@@ -557,6 +557,29 @@ fn raw_tls(addr: SocketAddr, ca: &Path) -> (rustls::ClientConnection, TcpStream)
     (conn, tcp)
 }
 
+/// The TLS records of what `conn` has queued (plaintext, alerts), to be sent as one write.
+fn records(conn: &mut rustls::ClientConnection) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).expect("encode");
+    }
+    wire
+}
+
+/// Plaintext from the server until it closes the connection; the read error if it does not
+/// within the socket's timeout.
+fn plaintext_until_close(
+    conn: &mut rustls::ClientConnection,
+    tcp: &mut TcpStream,
+) -> std::io::Result<Vec<u8>> {
+    let mut reply = Vec::new();
+    while conn.read_tls(tcp)? > 0 {
+        conn.process_new_packets().expect("records");
+        let _ = conn.reader().read_to_end(&mut reply);
+    }
+    Ok(reply)
+}
+
 /// Bytes after a close_notify are ignored and the connection ends; with a single worker, the
 /// next client is served at once (a loop on the ignored bytes once held the worker for good).
 #[test]
@@ -565,10 +588,7 @@ fn bytes_after_close_notify_end_the_connection_and_hold_nothing() {
     let srv = c.serve(false, &["-D", "blob.fetch.num-concurrent=1"]);
     let (mut conn, mut tcp) = raw_tls(srv.addr, &c.ca);
     conn.send_close_notify();
-    let mut wire = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut wire).expect("encode");
-    }
+    let mut wire = records(&mut conn);
     wire.extend(std::iter::repeat_n(0x17u8, 8192));
     tcp.write_all(&wire).expect("send");
     // The server closes its side: the read ends (rather than timing out).
@@ -589,23 +609,11 @@ fn a_fin_arriving_with_data_is_seen_through_tls() {
     put.extend(100i32.to_le_bytes());
     put.extend([7u8; 10]);
     conn.writer().write_all(&put).expect("plaintext");
-    let mut wire = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut wire).expect("encode");
-    }
+    let wire = records(&mut conn);
     tcp.write_all(&wire).expect("send");
     tcp.shutdown(std::net::Shutdown::Write).expect("FIN");
-    let mut reply = Vec::new();
-    loop {
-        match conn.read_tls(&mut tcp) {
-            Ok(0) => break,
-            Ok(_) => {
-                conn.process_new_packets().expect("records");
-                let _ = conn.reader().read_to_end(&mut reply);
-            }
-            Err(e) => panic!("no reply before the read timeout: {e}"),
-        }
-    }
+    let reply =
+        plaintext_until_close(&mut conn, &mut tcp).expect("no reply before the read timeout");
     assert_eq!(reply.first(), Some(&1u8), "an error reply: {reply:?}");
     srv.wait_for_log(&["Premature end of PUT"], WAIT);
 }
@@ -624,22 +632,10 @@ fn a_close_notify_with_the_last_request_closes_after_the_reply() {
     put.extend((-1i32).to_le_bytes());
     conn.writer().write_all(&put).expect("plaintext");
     conn.send_close_notify();
-    let mut wire = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut wire).expect("encode");
-    }
+    let wire = records(&mut conn);
     tcp.write_all(&wire).expect("send");
-    let mut reply = Vec::new();
-    loop {
-        match conn.read_tls(&mut tcp) {
-            Ok(0) => break,
-            Ok(_) => {
-                conn.process_new_packets().expect("records");
-                let _ = conn.reader().read_to_end(&mut reply);
-            }
-            Err(e) => panic!("the server kept the connection open: {e}"),
-        }
-    }
+    let reply =
+        plaintext_until_close(&mut conn, &mut tcp).expect("the server kept the connection open");
     // RETURN_OKAY and the content key.
     assert_eq!(reply.first(), Some(&0u8), "{reply:?}");
     assert_eq!(&reply[1..], BlobKey::of(data).as_bytes());

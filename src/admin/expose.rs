@@ -12,7 +12,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::Sources;
-use crate::metrics::{HistogramSnapshot, Op, Outcome, RecoveryCall, ServerSnapshot, StoreSnapshot};
+use crate::metrics::{
+    HistogramSnapshot, Op, Outcome, RecoveryCall, RecoverySnapshot, ServerSnapshot, StoreSnapshot,
+};
 
 /// The `Content-Type` of [`render`]'s output.
 pub(super) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -295,30 +297,23 @@ fn encode_store(e: &mut DescriptorEncoder, s: &StoreSnapshot) -> fmt::Result {
         "Bytes in the write-ahead log now",
         s.wal_bytes,
     )?;
-    {
-        let mut m = e.encode_descriptor(
-            "recovery_calls",
-            "Calls to the recovery store, by call",
-            None,
-            MetricType::Counter,
-        )?;
-        for c in RecoveryCall::ALL {
-            let labels = [("call", c.as_str())];
-            ConstCounter::new(s.recovery_of(c).calls).encode(m.encode_family(&labels)?)?;
-        }
-    }
-    {
-        let mut m = e.encode_descriptor(
-            "recovery_errors",
-            "Calls to the recovery store that failed, by call",
-            None,
-            MetricType::Counter,
-        )?;
-        for c in RecoveryCall::ALL {
-            let labels = [("call", c.as_str())];
-            ConstCounter::new(s.recovery_of(c).errors).encode(m.encode_family(&labels)?)?;
-        }
-    }
+    let by_call = |v: fn(&RecoverySnapshot) -> u64| {
+        RecoveryCall::ALL.map(|c| (c.as_str(), v(s.recovery_of(c))))
+    };
+    counters_by(
+        e,
+        "recovery_calls",
+        "Calls to the recovery store, by call",
+        "call",
+        by_call(|r| r.calls),
+    )?;
+    counters_by(
+        e,
+        "recovery_errors",
+        "Calls to the recovery store that failed, by call",
+        "call",
+        by_call(|r| r.errors),
+    )?;
     {
         let mut m = e.encode_descriptor(
             "recovery_duration_seconds",
@@ -349,6 +344,21 @@ fn encode_store(e: &mut DescriptorEncoder, s: &StoreSnapshot) -> fmt::Result {
         "Damaged chunks found (by GETs and by verify)",
         s.damaged_chunks,
     )
+}
+
+/// A counter family with one label: a value for each label value.
+fn counters_by<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in values {
+        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
