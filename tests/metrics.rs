@@ -697,6 +697,36 @@ fn healthz_is_not_ready_while_the_store_is_out_of_space() {
     );
 }
 
+#[test]
+fn healthz_is_not_ready_once_the_database_file_is_deleted_or_replaced() {
+    let ts = TestServer::start_durable();
+    let admin = endpoint(&ts);
+    let store = ts.store();
+    store.put(b"stored before the file went").unwrap();
+    assert_eq!(
+        http_get(admin.local_addr(), "/healthz"),
+        (200, "ready\n".into())
+    );
+    let file = store.dir().join(blobvault::store::DB_FILE);
+    let moved = store.dir().join("moved-aside.redb");
+    std::fs::rename(&file, &moved).unwrap();
+    let (status, body) = http_get(admin.local_addr(), "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("is gone"), "{body}");
+    assert!(body.contains(&file.display().to_string()), "{body}");
+    // Another file at the path is not the one open either.
+    std::fs::copy(&moved, &file).unwrap();
+    let (status, body) = http_get(admin.local_addr(), "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("replaced"), "{body}");
+    // The open file back where it was: ready again.
+    std::fs::rename(&moved, &file).unwrap();
+    assert_eq!(
+        http_get(admin.local_addr(), "/healthz"),
+        (200, "ready\n".into())
+    );
+}
+
 fn endpoint_of(server: &blobvault::BlobServer) -> AdminServer {
     AdminServer::start(
         "127.0.0.1:0".parse().unwrap(),

@@ -61,8 +61,8 @@ impl BlobStore {
         s
     }
 
-    /// Whether the store can take work: its writer thread runs, its database opens, it is not
-    /// out of space, the last put to its recovery store (if any) did not fail, and that
+    /// Whether the store can take work: its writer thread runs, its database opens and is still
+    /// the file at its path (not deleted or replaced while open), it is not out of space, the last put to its recovery store (if any) did not fail, and that
     /// recovery store answers. `Err` says which failed.
     pub fn readiness(&self) -> Result<(), String> {
         self.readiness_local()?;
@@ -87,6 +87,7 @@ impl BlobStore {
             .map_err(|e| format!("the store's database is not open: {e}"))?;
         db.begin_read()
             .map_err(|e| format!("the store's database cannot be read: {e}"))?;
+        self.inner.shared.db.file_check()?;
         if self.is_out_of_space() {
             return Err(format!(
                 "the store {} is out of space: PUTs are refused until space is freed (delete \
