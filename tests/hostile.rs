@@ -392,3 +392,67 @@ fn out_of_descriptors_refuses_then_recovers_and_still_stops() {
         panic!("the server did not stop on SIGINT after running out of descriptors");
     }
 }
+
+/// A client opening bad connections in a loop does not get a log line written for each: the
+/// server logs the first 20 warnings about peers of each second and counts the rest in one line
+/// once their second is over. Every bad connection is accounted for, in one or the other.
+#[test]
+fn a_flood_of_bad_connections_is_logged_at_a_bounded_rate() {
+    const FLOOD: u64 = 400;
+    const PER_SECOND: u64 = 20;
+    let srv = Server::spawn(&[]);
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        let mut s = TcpStream::connect(srv.addr).expect("connect");
+        s.write_all(&[0xEE]).expect("send an unknown operation");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The server closes it without a reply: one connection at a time.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    let took = started.elapsed();
+    let held_back = |line: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("held_back="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {line}"))
+    };
+    let (logged, held) = wait_until(Duration::from_secs(30), || {
+        let text = srv.log_text();
+        let logged = text
+            .lines()
+            .filter(|l| l.contains("unknown operation"))
+            .count() as u64;
+        let held: u64 = text
+            .lines()
+            .filter(|l| l.contains("were not logged"))
+            .map(held_back)
+            .sum();
+        (logged + held == FLOOD).then_some((logged, held))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every bad connection accounted for:\n{}",
+            srv.log_text()
+        )
+    });
+    // At most a second's budget per second begun (the first window may end early).
+    let windows = took.as_secs() + 2;
+    assert!(
+        logged <= PER_SECOND * windows,
+        "{logged} lines logged in {took:?} ({held} held back)"
+    );
+    // The flood is far faster than 20 a second here; held back is where most of it went.
+    if took < Duration::from_secs(FLOOD / PER_SECOND / 2) {
+        assert!(held > 0, "nothing held back in {took:?}");
+    }
+    // Still serving.
+    let mut c = srv.client();
+    let key = c.put(b"after the flood").expect("put");
+    assert_eq!(
+        c.get_bytes(&BlobId::Content(key)).expect("get"),
+        b"after the flood"
+    );
+}

@@ -10,6 +10,7 @@ mod probe;
 mod reactor;
 mod session;
 mod tls;
+mod warnings;
 
 pub use probe::ServerProbe;
 
@@ -97,6 +98,7 @@ impl BlobServer {
             open: AtomicUsize::new(0),
             tls: config.tls.clone(),
             metrics: Arc::new(metrics),
+            warnings: Arc::new(warnings::PeerWarnings::new()),
         });
         let probe = ServerProbe::new(
             Arc::clone(&shared),

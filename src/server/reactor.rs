@@ -16,6 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::session::{Close, Flushed, Overdue, Session};
 use super::tls::{self, Tls, TlsFailure};
+use super::warnings::PeerWarnings;
 use crate::config::Deadlines;
 use crate::store::BlobStore;
 use crate::tls::ServerTls;
@@ -47,6 +48,8 @@ pub(super) struct Shared {
     /// With TLS on: the configuration each new connection takes.
     pub tls: Option<Arc<ServerTls>>,
     pub metrics: Arc<crate::metrics::ServerMetrics>,
+    /// The budget of warnings about peers, shared by the workers.
+    pub warnings: Arc<PeerWarnings>,
 }
 
 /// Messages to a worker (each followed by a wake).
@@ -325,7 +328,11 @@ impl Worker {
             tls,
             accepted: now,
             peer: peer.to_string(),
-            session: Session::new(now, Arc::clone(&self.shared.metrics)),
+            session: Session::new(
+                now,
+                Arc::clone(&self.shared.metrics),
+                Arc::clone(&self.shared.warnings),
+            ),
             phase: Phase::Open,
             watch_writes: false,
             read_closed: false,
@@ -399,6 +406,7 @@ impl Worker {
 
     /// Closes connections past a deadline; lets stalled GETs drop their snapshots.
     fn sweep(&mut self, now: Instant) {
+        self.shared.warnings.flush();
         let d = self.shared.deadlines;
         for slot in 0..self.conns.len() {
             let Some(c) = self.conns[slot].as_mut() else {
@@ -413,12 +421,14 @@ impl Worker {
             if c.tls.as_ref().is_some_and(|t| t.is_handshaking())
                 && now.saturating_duration_since(c.accepted) >= d.header
             {
-                tracing::warn!(
-                    peer = c.peer,
-                    "TLS handshake not complete within {:?} (the header timeout); connection \
-                     cut off",
-                    d.header
-                );
+                if self.shared.warnings.admit() {
+                    tracing::warn!(
+                        peer = c.peer,
+                        "TLS handshake not complete within {:?} (the header timeout); \
+                         connection cut off",
+                        d.header
+                    );
+                }
                 self.close(slot);
                 continue;
             }
@@ -434,7 +444,9 @@ impl Worker {
                     self.close(slot);
                 }
                 Some(Overdue::Slow(why)) => {
-                    tracing::warn!(peer = c.peer, reason = %why, "peer too slow; connection cut off");
+                    if self.shared.warnings.admit() {
+                        tracing::warn!(peer = c.peer, reason = %why, "peer too slow; connection cut off");
+                    }
                     let msg = format!("connection closed by the server: {why}");
                     let reply = if tls_queued {
                         None
@@ -592,7 +604,9 @@ impl Conn {
                 self.end(Close::Error(msg))
             }
             Some(f) => {
-                tracing::warn!(peer = self.peer, error = %f, "TLS connection refused; closed");
+                if self.session.warnings().admit() {
+                    tracing::warn!(peer = self.peer, error = %f, "TLS connection refused; closed");
+                }
                 Turn::Close
             }
             None => {

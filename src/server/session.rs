@@ -32,6 +32,8 @@ use crate::protocol::{
 };
 use crate::store::{BlobReader, BlobStore, Chunk, StoreError, Upload};
 
+use super::warnings::PeerWarnings;
+
 /// Replies gathered before they must be written out (also the most input handled between two
 /// writes).
 pub(super) const OUT_HIGH_WATER: usize = 128 * 1024;
@@ -119,10 +121,15 @@ pub(super) struct Session {
     /// The kernel's send queue at the last sweep (see [`peer_took`](Self::peer_took)).
     queued: Option<u64>,
     metrics: Arc<ServerMetrics>,
+    warnings: Arc<PeerWarnings>,
 }
 
 impl Session {
-    pub(super) fn new(now: Instant, metrics: Arc<ServerMetrics>) -> Session {
+    pub(super) fn new(
+        now: Instant,
+        metrics: Arc<ServerMetrics>,
+        warnings: Arc<PeerWarnings>,
+    ) -> Session {
         Session {
             dec: RequestDecoder::new(),
             upload: None,
@@ -135,6 +142,7 @@ impl Session {
             queued: None,
             request: None,
             metrics,
+            warnings,
             timing: Timing {
                 started: None,
                 header_done: false,
@@ -142,6 +150,11 @@ impl Session {
                 last_progress: now,
             },
         }
+    }
+
+    /// The server's budget of warnings about peers.
+    pub(super) fn warnings(&self) -> &PeerWarnings {
+        &self.warnings
     }
 
     /// Whether the loop should read from the socket: nothing is waiting to go out first, and no
@@ -243,7 +256,9 @@ impl Session {
                 Ok(r) => r,
                 Err(ProtocolError::UnknownOperation(op)) => {
                     let rest = &input[pos..];
-                    if looks_like_http(rest) {
+                    if !self.warnings.admit() {
+                        // Counted as held back.
+                    } else if looks_like_http(rest) {
                         tracing::warn!(
                             peer,
                             "an HTTP request on the BLOB port: this port speaks Flink's BLOB \
@@ -307,7 +322,9 @@ impl Session {
         }
         match close {
             Close::Error(msg) => {
-                tracing::warn!(peer, op, target, error = %msg, "request failed; sending error reply");
+                if self.warnings.admit() {
+                    tracing::warn!(peer, op, target, error = %msg, "request failed; sending error reply");
+                }
                 protocol::encode_error(msg, &mut self.out);
             }
             Close::Expected(msg) => {
