@@ -592,6 +592,8 @@ pub(crate) struct Tables<'t> {
     pub content: Table<'t, [u8; 20], [u8; ContentMeta::SIZE]>,
     pub named: Table<'t, ([u8; 16], &'static str), [u8; 20]>,
     pub chunks: Table<'t, ([u8; 20], u32), &'static [u8]>,
+    /// The tails of split last chunks; `None` in a store whose layout does not split them.
+    pub tails: Option<Table<'t, [u8; 20], &'static [u8]>>,
     pub pending: Table<'t, [u8; 20], u64>,
     pub layout: Layout,
     /// The store's leases, when GETs may be reading: leased content is not freed but left
@@ -608,6 +610,10 @@ impl<'t> Tables<'t> {
             content: txn.open_table(CONTENT)?,
             named: txn.open_table(NAMED)?,
             chunks: txn.open_table(CHUNKS)?,
+            tails: match layout.tails {
+                true => Some(txn.open_table(TAILS)?),
+                false => None,
+            },
             pending: txn.open_table(PENDING_FREE)?,
             layout,
             frees: None,
@@ -743,9 +749,7 @@ impl Tables<'_> {
                 let kept = self.pending.remove(key.0)?.map(|g| g.value());
                 if let Some(old) = kept.filter(|&old| old != len) {
                     // Not the same bytes after all (only damage could do that): replace them.
-                    for i in 0..layout.chunk_count(old) {
-                        self.chunks.remove((key.0, i))?;
-                    }
+                    self.remove_chunks(key, old)?;
                 }
                 let count = match kept == Some(len) {
                     true => 0,
@@ -754,14 +758,16 @@ impl Tables<'_> {
                 for i in 0..count {
                     let offset = i as u64 * layout.chunk_size;
                     let n = layout.data_len(len, i) as usize;
+                    let head = layout.split(len, i).map_or(n, |h| h as usize);
                     let mut slot = self
                         .chunks
-                        .insert_reserve((key.0, i), n + layout.trailer())?;
-                    let value = slot.as_mut();
-                    let (data, trailer) = value.split_at_mut(n);
-                    fill(offset, data)?;
-                    if layout.checksums {
-                        trailer.copy_from_slice(&crc::chunk_crc(&key.0, i, data).to_le_bytes());
+                        .insert_reserve((key.0, i), head + layout.trailer())?;
+                    fill_value(slot.as_mut(), &key, i, offset, layout, &fill)?;
+                    if head < n
+                        && let Some(tails) = self.tails.as_mut()
+                    {
+                        let mut slot = tails.insert_reserve(key.0, n - head + layout.trailer())?;
+                        fill_value(slot.as_mut(), &key, i, offset + head as u64, layout, &fill)?;
                     }
                 }
                 ContentMeta {
@@ -839,8 +845,19 @@ impl Tables<'_> {
             self.pending.insert(key.0, len)?;
             return Ok(());
         }
-        for i in 0..self.layout.chunk_count(len) {
+        self.remove_chunks(key, len)
+    }
+
+    /// Removes the chunks (and tail) of content of `len` bytes.
+    fn remove_chunks(&mut self, key: BlobKey, len: u64) -> Result<(), StoreError> {
+        let count = self.layout.chunk_count(len);
+        for i in 0..count {
             self.chunks.remove((key.0, i))?;
+        }
+        if let Some(tails) = self.tails.as_mut()
+            && self.layout.has_tail(len)
+        {
+            tails.remove(key.0)?;
         }
         Ok(())
     }
@@ -898,6 +915,24 @@ impl Tables<'_> {
             }
         }
     }
+}
+
+/// Fills a reserved chunk (or tail) value with the blob bytes from `offset` on, then their
+/// CRC-32C as chunk `i` of `key` when the layout keeps checksums.
+fn fill_value(
+    value: &mut [u8],
+    key: &BlobKey,
+    i: u32,
+    offset: u64,
+    layout: Layout,
+    fill: &impl Fn(u64, &mut [u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let (data, trailer) = value.split_at_mut(value.len() - layout.trailer());
+    fill(offset, data)?;
+    if layout.checksums {
+        trailer.copy_from_slice(&crc::chunk_crc(&key.0, i, data).to_le_bytes());
+    }
+    Ok(())
 }
 
 /// The names of a job and the keys they point at.
