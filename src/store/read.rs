@@ -150,7 +150,7 @@ type ChunkTable = ReadOnlyTable<([u8; 20], u32), &'static [u8]>;
 pub(crate) struct Snapshot {
     chunks: ChunkTable,
     /// `TAILS`, opened only for a blob whose last chunk is split ([`Layout::split`]).
-    tails: Option<ReadOnlyTable<[u8; 20], &'static [u8]>>,
+    tails: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
 }
 
 impl Snapshot {
@@ -181,7 +181,7 @@ impl Snapshot {
     ) -> Result<AccessGuard<'static, &'static [u8]>, StoreError> {
         let damaged = |what: String| StoreError::Damaged { key, what };
         let guard = match &self.tails {
-            Some(t) => t.get(key.0)?,
+            Some(t) => t.get(key.0.as_slice())?,
             None => None,
         }
         .ok_or_else(|| damaged(format!("the tail of chunk {i} is missing")))?;

@@ -9,9 +9,12 @@ pub(crate) const CONTENT: TableDefinition<[u8; 20], [u8; ContentMeta::SIZE]> =
 pub(crate) const NAMED: TableDefinition<([u8; 16], &str), [u8; 20]> = TableDefinition::new("named");
 /// `(BlobKey, chunk index)` → up to one chunk of bytes.
 pub(crate) const CHUNKS: TableDefinition<([u8; 20], u32), &[u8]> = TableDefinition::new("chunks");
-/// `BlobKey` → the tail of a blob whose last chunk is split ([`Layout::split`]): the bytes after
-/// the head kept in `CHUNKS`, then their CRC-32C. Stores of [`CHUNK_FORMAT_TAILS`] only.
-pub(crate) const TAILS: TableDefinition<[u8; 20], &[u8]> = TableDefinition::new("tails");
+/// `BlobKey` (its 20 bytes) → the tail of a blob whose last chunk is split ([`Layout::split`]):
+/// the bytes after the head kept in `CHUNKS`, then their CRC-32C. Stores of
+/// [`CHUNK_FORMAT_TAILS`] only. A slice, not `[u8; 20]`: redb checks a table's type names at every
+/// open, and builds `[u8; N]`'s with `format!` (a constant for a slice); a GET of a split blob
+/// opens this table.
+pub(crate) const TAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tails");
 /// `BlobKey` → length of content deleted while a GET was reading it: its content row is gone,
 /// its chunks stay until the last such GET ends (`lease.rs`). Every open frees what it lists.
 pub(crate) const PENDING_FREE: TableDefinition<[u8; 20], u64> =

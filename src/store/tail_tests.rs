@@ -166,9 +166,9 @@ fn damage_tail(store: &BlobStore, key: BlobKey, at: usize) {
     let txn = db.begin_write().unwrap();
     {
         let mut t = txn.open_table(TAILS).unwrap();
-        let mut v = t.get(key.0).unwrap().unwrap().value().to_vec();
+        let mut v = t.get(key.0.as_slice()).unwrap().unwrap().value().to_vec();
         v[at] ^= 0x10;
-        t.insert(key.0, v.as_slice()).unwrap();
+        t.insert(key.0.as_slice(), v.as_slice()).unwrap();
     }
     txn.commit().unwrap();
 }
@@ -211,11 +211,10 @@ fn damage_in_a_tail_is_caught_by_its_checksum_and_by_verify() {
     // A missing tail is damage too, and a tail of no blob is an orphan.
     let db = store.db().unwrap();
     let txn = db.begin_write().unwrap();
-    txn.open_table(TAILS).unwrap().remove(ka.0).unwrap();
-    txn.open_table(TAILS)
-        .unwrap()
-        .insert([9u8; 20], &[1u8, 2, 3, 4, 5][..])
-        .unwrap();
+    let mut t = txn.open_table(TAILS).unwrap();
+    t.remove(ka.0.as_slice()).unwrap();
+    t.insert(&[9u8; 20][..], &[1u8, 2, 3, 4, 5][..]).unwrap();
+    drop(t);
     txn.commit().unwrap();
     let e = get(&store, ka).unwrap_err();
     assert!(e.to_string().contains("tail of chunk 0 is missing"), "{e}");

@@ -100,7 +100,10 @@ pub(crate) fn verify(db: &Database, layout: Layout) -> Result<VerifyReport, Stor
     }
     if layout.tails {
         for row in txn.open_table(TAILS)?.iter()? {
-            let key = row?.0.value();
+            let Ok(key) = <[u8; 20]>::try_from(row?.0.value()) else {
+                report.orphan_chunks += 1;
+                continue;
+            };
             let owned = content
                 .get(key)?
                 .is_some_and(|m| layout.has_tail(ContentMeta::decode(&m.value()).len));

@@ -592,8 +592,10 @@ pub(crate) struct Tables<'t> {
     pub content: Table<'t, [u8; 20], [u8; ContentMeta::SIZE]>,
     pub named: Table<'t, ([u8; 16], &'static str), [u8; 20]>,
     pub chunks: Table<'t, ([u8; 20], u32), &'static [u8]>,
-    /// The tails of split last chunks; `None` in a store whose layout does not split them.
-    pub tails: Option<Table<'t, [u8; 20], &'static [u8]>>,
+    /// The tails of split last chunks, opened at first use (`tails()`): a batch of large or
+    /// tiny blobs never needs them, and a store of an older layout has none.
+    tails: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    txn: &'t WriteTransaction,
     pub pending: Table<'t, [u8; 20], u64>,
     pub layout: Layout,
     /// The store's leases, when GETs may be reading: leased content is not freed but left
@@ -610,10 +612,8 @@ impl<'t> Tables<'t> {
             content: txn.open_table(CONTENT)?,
             named: txn.open_table(NAMED)?,
             chunks: txn.open_table(CHUNKS)?,
-            tails: match layout.tails {
-                true => Some(txn.open_table(TAILS)?),
-                false => None,
-            },
+            tails: None,
+            txn,
             pending: txn.open_table(PENDING_FREE)?,
             layout,
             frees: None,
@@ -674,7 +674,7 @@ fn apply(
     Ok(out)
 }
 
-impl Tables<'_> {
+impl<'t> Tables<'t> {
     /// Whether a read-repair of `target` with content `key` may still be applied: the target is
     /// absent locally, and the recovery store still holds that content under it. A PUT or DELETE
     /// committed since the repair read the recovery store wins over the repair.
@@ -763,10 +763,10 @@ impl Tables<'_> {
                         .chunks
                         .insert_reserve((key.0, i), head + layout.trailer())?;
                     fill_value(slot.as_mut(), &key, i, offset, layout, &fill)?;
-                    if head < n
-                        && let Some(tails) = self.tails.as_mut()
-                    {
-                        let mut slot = tails.insert_reserve(key.0, n - head + layout.trailer())?;
+                    drop(slot);
+                    if head < n {
+                        let size = n - head + layout.trailer();
+                        let mut slot = self.tails()?.insert_reserve(key.0.as_slice(), size)?;
                         fill_value(slot.as_mut(), &key, i, offset + head as u64, layout, &fill)?;
                     }
                 }
@@ -854,12 +854,19 @@ impl Tables<'_> {
         for i in 0..count {
             self.chunks.remove((key.0, i))?;
         }
-        if let Some(tails) = self.tails.as_mut()
-            && self.layout.has_tail(len)
-        {
-            tails.remove(key.0)?;
+        if self.layout.has_tail(len) {
+            self.tails()?.remove(key.0.as_slice())?;
         }
         Ok(())
+    }
+
+    /// `TAILS`, opened at its first use in this transaction.
+    fn tails(&mut self) -> Result<&mut Table<'t, &'static [u8], &'static [u8]>, StoreError> {
+        let table = match self.tails.take() {
+            Some(t) => t,
+            None => self.txn.open_table(TAILS)?,
+        };
+        Ok(self.tails.insert(table))
     }
 
     /// Frees content left pending by a GET, unless it is leased again or was stored again
