@@ -354,3 +354,23 @@ fn four_kib_blobs_take_at_most_1_15_times_their_size() {
     // What the split saves: whole, each takes two pages.
     assert!(old >= 1.9, "format 1: {old:.3}x");
 }
+
+/// Through the server, whose GETs take borrowed chunks: the joined last chunk goes out whole.
+#[test]
+fn split_blobs_round_trip_through_the_server() {
+    use crate::config::ServerConfig;
+    use crate::{BlobClient, BlobServer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let server = BlobServer::start(store.clone(), ServerConfig::default()).unwrap();
+    let mut c = BlobClient::connect(server.local_addr()).unwrap();
+    for (n, len) in [4096, ONE_PAGE + TAIL_MAX, 3 * CHUNK + 4100, 77]
+        .into_iter()
+        .enumerate()
+    {
+        let blob = data(len, n as u64);
+        let key = c.put(&blob).unwrap();
+        assert_eq!(c.get_bytes(&BlobId::Content(key)).unwrap(), blob, "{len}");
+    }
+    assert_eq!(tails(&store), 3);
+}
