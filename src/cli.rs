@@ -1176,14 +1176,15 @@ fn stat(dir: StoreDir, json: bool) -> CliResult {
     if json {
         println!(
             "{{\"dir\":{},\"content_blobs\":{},\"named_blobs\":{},\"contents\":{},\
-             \"payload_bytes\":{},\"chunks\":{},\"chunk_size\":{},\"file_bytes\":{},\
-             \"log_replay\":{}}}",
+             \"payload_bytes\":{},\"chunks\":{},\"tails\":{},\"chunk_size\":{},\
+             \"file_bytes\":{},\"log_replay\":{}}}",
             json_str(&store.dir().display().to_string()),
             s.content_blobs,
             s.named_blobs,
             s.contents,
             s.payload_bytes,
             s.chunks,
+            s.tails,
             s.chunk_size,
             s.file_bytes,
             json_opt(s.log.as_ref())
@@ -1196,6 +1197,7 @@ fn stat(dir: StoreDir, json: bool) -> CliResult {
     println!("contents       {}", s.contents);
     println!("payload bytes  {}", s.payload_bytes);
     println!("chunks         {}", s.chunks);
+    println!("tails          {}", s.tails);
     println!("chunk size     {}", s.chunk_size);
     println!("file bytes     {}", s.file_bytes);
     if let Some(log) = &s.log {

@@ -12,11 +12,11 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable};
 
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
-use crate::store::schema::{CHUNKS, CONTENT, ContentMeta, NAMED};
+use crate::store::schema::{CONTENT, ContentMeta, NAMED};
 use crate::store::writer::Tables;
 use crate::store::{
     BlobReader, DEFAULT_CHUNK_SIZE, FaultSwitch, RecoveryError, RecoveryItem, RecoveryStore,
-    StoreError, init_schema, open_db_file,
+    Snapshot, StoreError, init_schema, open_db_file,
 };
 
 /// The file of the recovery database inside a recovery directory.
@@ -128,7 +128,7 @@ impl RedbRecoveryStore {
             return Ok(None);
         }
         Ok(Some(BlobReader::new(
-            txn.open_table(CHUNKS)?,
+            Snapshot::open(&txn, self.layout, meta.len)?,
             key,
             meta.len,
             self.layout,

@@ -20,6 +20,8 @@ pub(crate) mod schema;
 mod sim;
 mod space;
 mod spool;
+#[cfg(test)]
+mod tail_tests;
 mod verify;
 mod wal;
 pub(crate) mod writer;
@@ -38,6 +40,7 @@ pub use faults::FaultSwitch;
 pub(crate) use handle::DbHandle;
 pub use live::ListCursor;
 pub use memory::MemoryImage;
+pub(crate) use read::Snapshot;
 pub use read::{BORROW_AFTER, BlobReader, Chunk, SNAPSHOT_MAX_AGE};
 pub use replica::{BlobBytes, GcReport, ItemReader, RecoveryError, RecoveryItem, RecoveryStore};
 #[doc(hidden)]
@@ -302,7 +305,7 @@ impl StoreOptions {
 struct Found {
     /// The leases' epoch, read before `chunks`' snapshot began.
     epoch: u64,
-    chunks: redb::ReadOnlyTable<([u8; 20], u32), &'static [u8]>,
+    chunks: read::Snapshot,
     key: BlobKey,
     len: u64,
 }
@@ -331,6 +334,8 @@ pub struct StoreStats {
     pub payload_bytes: u64,
     /// Chunks stored, of at most `chunk_size` bytes each.
     pub chunks: u64,
+    /// Tails of split last chunks stored (`TAILS`; none in stores created before them).
+    pub tails: u64,
     /// The store's chunk size in bytes.
     pub chunk_size: u64,
     /// Size of the database file.
@@ -756,7 +761,7 @@ impl BlobStore {
         }
         Ok(Some(Found {
             epoch,
-            chunks: txn.open_table(CHUNKS)?,
+            chunks: read::Snapshot::open(&txn, self.inner.shared.layout, meta.len)?,
             key,
             len: meta.len,
         }))
@@ -949,6 +954,10 @@ impl BlobStore {
         let mut s = StoreStats {
             named_blobs: named.len()?,
             chunks: chunks.len()?,
+            tails: match self.inner.shared.layout.tails {
+                true => txn.open_table(TAILS)?.len()?,
+                false => 0,
+            },
             chunk_size: self.inner.shared.layout.chunk_size,
             file_bytes: match (
                 &self.inner.shared.opts.memory,
@@ -1030,8 +1039,9 @@ pub fn limit_malloc_arenas() {
     }
 }
 
-/// Creates the tables and records the layout on first open (`chunk_size`, and per-chunk
-/// CRC-32C); returns the store's layout. A store created before checksums keeps chunks without.
+/// Creates the tables and records the layout on first open (`chunk_size`, per-chunk CRC-32C and
+/// split last chunks); returns the store's layout. A store created before checksums keeps chunks
+/// without, one created before split chunks keeps its last chunks whole.
 pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, StoreError> {
     let txn = db.begin_write()?;
     let (layout, created) = {
@@ -1046,18 +1056,27 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
         let (layout, mut created) = match existing {
             Some(chunk_size) => {
                 let format = settings.get(CHUNK_FORMAT_SETTING)?.map(|v| v.value());
+                if let Some(f) = format.filter(|&f| f > CHUNK_FORMAT_TAILS) {
+                    return Err(StoreError::Storage(format!(
+                        "chunk format {f} of this store is newer than this build reads \
+                         (up to {CHUNK_FORMAT_TAILS}): open it with a newer blobvault"
+                    )));
+                }
                 let layout = Layout {
                     chunk_size,
-                    checksums: format == Some(CHUNK_FORMAT_CRC),
+                    checksums: format.is_some_and(|f| f >= CHUNK_FORMAT_CRC),
+                    tails: format == Some(CHUNK_FORMAT_TAILS),
                 };
                 (layout, false)
             }
             None => {
                 settings.insert(CHUNK_SIZE_SETTING, chunk_size)?;
-                settings.insert(CHUNK_FORMAT_SETTING, CHUNK_FORMAT_CRC)?;
+                settings.insert(CHUNK_FORMAT_SETTING, CHUNK_FORMAT_TAILS)?;
+                txn.open_table(TAILS)?;
                 let layout = Layout {
                     chunk_size,
                     checksums: true,
+                    tails: true,
                 };
                 (layout, true)
             }

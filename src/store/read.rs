@@ -32,13 +32,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{AccessGuard, ReadOnlyTable, ReadableDatabase};
+use redb::{AccessGuard, ReadOnlyTable, ReadTransaction, ReadableDatabase};
 
 use super::StoreError;
 use super::crc;
 use super::handle::DbHandle;
 use super::lease::Lease;
-use super::schema::{CHUNKS, Layout};
+use super::schema::{CHUNKS, Layout, TAILS};
 use crate::key::{BlobKey, KeyHasher};
 
 /// Longest a reader keeps one snapshot, and the pause between two chunks after which its consumer
@@ -62,8 +62,8 @@ pub const BORROW_AFTER: u64 = 16 * 1024 * 1024;
 /// With verification on, the last chunk is only handed out after the SHA-1 of the whole blob
 /// matched its key: a damaged blob fails before its final byte instead of passing as whole.
 pub struct BlobReader {
-    /// The current snapshot's chunk table; `None` after `release_snapshot`.
-    chunks: Option<Arc<ChunkTable>>,
+    /// The current snapshot's tables; `None` after `release_snapshot`.
+    chunks: Option<Arc<Snapshot>>,
     /// Where a fresh snapshot comes from; `None`: the first snapshot is kept to the end.
     live: Option<Live>,
     key: BlobKey,
@@ -106,7 +106,7 @@ enum ChunkData {
     Page {
         guard: AccessGuard<'static, &'static [u8]>,
         /// Dropped after `guard`: the page is not reused while the guard reads it.
-        _snapshot: Arc<ChunkTable>,
+        _snapshot: Arc<Snapshot>,
     },
     Owned(Box<[u8]>),
 }
@@ -146,6 +146,95 @@ impl std::fmt::Debug for Chunk {
 
 type ChunkTable = ReadOnlyTable<([u8; 20], u32), &'static [u8]>;
 
+/// The tables one snapshot of the database offers a reader of one blob.
+pub(crate) struct Snapshot {
+    chunks: ChunkTable,
+    /// `TAILS`, opened only for a blob whose last chunk is split ([`Layout::split`]).
+    tails: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+}
+
+impl Snapshot {
+    /// The tables of `txn` a reader of a blob of `len` bytes needs.
+    pub(crate) fn open(
+        txn: &ReadTransaction,
+        layout: Layout,
+        len: u64,
+    ) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            chunks: txn.open_table(CHUNKS)?,
+            tails: match layout.has_tail(len) {
+                true => Some(txn.open_table(TAILS)?),
+                false => None,
+            },
+        })
+    }
+
+    /// The tail of `key`'s chunk `i` (split, its head of `head` bytes in `CHUNKS`): its
+    /// `tail` bytes, checked against their CRC-32C when `crc` is set.
+    fn tail(
+        &self,
+        key: BlobKey,
+        i: u32,
+        tail: u64,
+        layout: Layout,
+        crc: bool,
+    ) -> Result<AccessGuard<'static, &'static [u8]>, StoreError> {
+        let damaged = |what: String| StoreError::Damaged { key, what };
+        let guard = match &self.tails {
+            Some(t) => t.get(key.0.as_slice())?,
+            None => None,
+        }
+        .ok_or_else(|| damaged(format!("the tail of chunk {i} is missing")))?;
+        let value = guard.value();
+        let got = (value.len() as u64).saturating_sub(layout.trailer() as u64);
+        if got != tail || value.len() < layout.trailer() {
+            return Err(damaged(format!(
+                "the tail of chunk {i} holds {got} bytes, expected {tail}"
+            )));
+        }
+        let (data, trailer) = value.split_at(tail as usize);
+        if crc && !crc_matches(&key, i, data, trailer) {
+            return Err(damaged(format!("the tail of chunk {i} fails its checksum")));
+        }
+        Ok(guard)
+    }
+
+    /// Feeds the bytes of chunk `i` (head and tail) to `h`, unchecked but for their length.
+    fn hash_chunk(
+        &self,
+        h: &mut KeyHasher,
+        key: BlobKey,
+        len: u64,
+        layout: Layout,
+        i: u32,
+    ) -> Result<(), StoreError> {
+        let damaged = |what: String| StoreError::Damaged { key, what };
+        let chunk = self
+            .chunks
+            .get((key.0, i))?
+            .ok_or_else(|| damaged(format!("chunk {i} is missing")))?;
+        let n = layout.data_len(len, i);
+        let head = layout.split(len, i).unwrap_or(n);
+        let data = chunk
+            .value()
+            .get(..head as usize)
+            .ok_or_else(|| damaged(format!("chunk {i} is short")))?;
+        h.update(data);
+        if head < n {
+            let tail = self.tail(key, i, n - head, layout, false)?;
+            h.update(&tail.value()[..(n - head) as usize]);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `trailer` holds the CRC-32C of `data` as chunk `i` of `key`.
+fn crc_matches(key: &BlobKey, i: u32, data: &[u8], trailer: &[u8]) -> bool {
+    let mut stored = [0u8; 4];
+    stored.copy_from_slice(trailer);
+    crc::chunk_crc(&key.0, i, data) == u32::from_le_bytes(stored)
+}
+
 /// Blobs of at least this many chunks are hashed on a helper thread.
 const HELPER_MIN_CHUNKS: u32 = 16;
 
@@ -156,7 +245,7 @@ struct Helper {
 }
 
 impl Helper {
-    fn start(chunks: Arc<ChunkTable>, key: BlobKey, len: u64, layout: Layout) -> Option<Helper> {
+    fn start(chunks: Arc<Snapshot>, key: BlobKey, len: u64, layout: Layout) -> Option<Helper> {
         let count = layout.chunk_count(len);
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&cancel);
@@ -168,16 +257,7 @@ impl Helper {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let chunk = chunks.get((key.0, i))?.ok_or_else(|| StoreError::Damaged {
-                        key,
-                        what: format!("chunk {i} is missing"),
-                    })?;
-                    let n = layout.data_len(len, i) as usize;
-                    let data = chunk.value().get(..n).ok_or_else(|| StoreError::Damaged {
-                        key,
-                        what: format!("chunk {i} is short"),
-                    })?;
-                    h.update(data);
+                    chunks.hash_chunk(&mut h, key, len, layout, i)?;
                 }
                 Ok(h.finish())
             })
@@ -223,7 +303,7 @@ impl BlobReader {
     /// `verify` is set: each chunk's CRC-32C, or the SHA-1 of the whole blob in a store without
     /// checksums.
     pub(crate) fn new(
-        chunks: ChunkTable,
+        chunks: Snapshot,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -239,7 +319,7 @@ impl BlobReader {
     pub(crate) fn leased(
         db: Arc<DbHandle>,
         lease: Lease,
-        chunks: ChunkTable,
+        chunks: Snapshot,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -259,12 +339,12 @@ impl BlobReader {
 
     /// A reader that checks everything: the chunks' CRC-32C (if the store keeps them) and the
     /// SHA-1 of the whole blob against its key.
-    pub(crate) fn new_full(chunks: ChunkTable, key: BlobKey, len: u64, layout: Layout) -> Self {
+    pub(crate) fn new_full(chunks: Snapshot, key: BlobKey, len: u64, layout: Layout) -> Self {
         Self::with_checks(chunks, None, key, len, layout, true, true)
     }
 
     fn with_checks(
-        chunks: ChunkTable,
+        chunks: Snapshot,
         live: Option<Live>,
         key: BlobKey,
         len: u64,
@@ -349,7 +429,7 @@ impl BlobReader {
     }
 
     /// The snapshot to read from: a fresh one if the current one is released or too old.
-    fn snapshot(&mut self) -> Result<Arc<ChunkTable>, StoreError> {
+    fn snapshot(&mut self) -> Result<Arc<Snapshot>, StoreError> {
         if let Some(live) = self.live.as_mut()
             && live.last.is_some_and(|t| t.elapsed() >= SNAPSHOT_MAX_AGE)
         {
@@ -360,8 +440,8 @@ impl BlobReader {
         {
             // The old snapshot goes first: nothing gains from holding two.
             self.chunks = None;
-            let table = live.db.get()?.begin_read()?.open_table(CHUNKS)?;
-            self.chunks = Some(Arc::new(table));
+            let txn = live.db.get()?.begin_read()?;
+            self.chunks = Some(Arc::new(Snapshot::open(&txn, self.layout, self.len)?));
             live.opened = Instant::now();
         }
         self.chunks.clone().ok_or(StoreError::Closed)
@@ -388,23 +468,28 @@ impl BlobReader {
         let i = self.next;
         let snapshot = self.snapshot()?;
         let guard = snapshot
+            .chunks
             .get((self.key.0, i))?
             .ok_or_else(|| self.damaged(format!("chunk {i} is missing")))?;
         let expected = self.layout.data_len(self.len, i);
+        // A split last chunk: its head here, its tail in `TAILS`.
+        let head = self.layout.split(self.len, i).unwrap_or(expected);
         let value = guard.value();
         let got = value.len() as u64;
-        if got != expected + self.layout.trailer() as u64 {
+        if got != head + self.layout.trailer() as u64 {
             let got = got.saturating_sub(self.layout.trailer() as u64);
-            return Err(self.damaged(format!("chunk {i} holds {got} bytes, expected {expected}")));
+            return Err(self.damaged(format!("chunk {i} holds {got} bytes, expected {head}")));
         }
-        let (data, trailer) = value.split_at(expected as usize);
-        if self.crc {
-            let mut stored = [0u8; 4];
-            stored.copy_from_slice(trailer);
-            if crc::chunk_crc(&self.key.0, i, data) != u32::from_le_bytes(stored) {
-                return Err(self.damaged(format!("chunk {i} fails its checksum")));
-            }
+        let (data, trailer) = value.split_at(head as usize);
+        if self.crc && !crc_matches(&self.key, i, data, trailer) {
+            return Err(self.damaged(format!("chunk {i} fails its checksum")));
         }
+        let tail = (head < expected)
+            .then(|| snapshot.tail(self.key, i, expected - head, self.layout, self.crc))
+            .transpose()?;
+        let tail_data = tail
+            .as_ref()
+            .map_or(&[][..], |t| &t.value()[..(expected - head) as usize]);
         self.next += 1;
         if self.next == self.count
             && let Some(helper) = self.helper.take()
@@ -414,6 +499,7 @@ impl BlobReader {
         }
         if let Some(h) = self.hasher.as_mut() {
             h.update(data);
+            h.update(tail_data);
             if self.next == self.count
                 && let Some(h) = self.hasher.take()
                 && h.finish() != self.key
@@ -426,7 +512,13 @@ impl BlobReader {
                 let borrow = live.borrow || live.streak >= BORROW_AFTER;
                 live.streak += expected;
                 live.last = Some(Instant::now());
-                if borrow {
+                if tail.is_some() {
+                    // Head and tail joined: a copy, which holds no snapshot.
+                    if !borrow {
+                        self.chunks = None;
+                    }
+                    ChunkData::Owned([data, tail_data].concat().into())
+                } else if borrow {
                     ChunkData::Page {
                         guard,
                         _snapshot: snapshot,
@@ -437,6 +529,7 @@ impl BlobReader {
                     ChunkData::Owned(data.into())
                 }
             }
+            None if tail.is_some() => ChunkData::Owned([data, tail_data].concat().into()),
             None => ChunkData::Page {
                 guard,
                 _snapshot: snapshot,

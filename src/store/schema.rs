@@ -9,6 +9,12 @@ pub(crate) const CONTENT: TableDefinition<[u8; 20], [u8; ContentMeta::SIZE]> =
 pub(crate) const NAMED: TableDefinition<([u8; 16], &str), [u8; 20]> = TableDefinition::new("named");
 /// `(BlobKey, chunk index)` → up to one chunk of bytes.
 pub(crate) const CHUNKS: TableDefinition<([u8; 20], u32), &[u8]> = TableDefinition::new("chunks");
+/// `BlobKey` (its 20 bytes) → the tail of a blob whose last chunk is split ([`Layout::split`]):
+/// the bytes after the head kept in `CHUNKS`, then their CRC-32C. Stores of
+/// [`CHUNK_FORMAT_TAILS`] only. A slice, not `[u8; 20]`: redb checks a table's type names at every
+/// open, and builds `[u8; N]`'s with `format!` (a constant for a slice); a GET of a split blob
+/// opens this table.
+pub(crate) const TAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tails");
 /// `BlobKey` → length of content deleted while a GET was reading it: its content row is gone,
 /// its chunks stay until the last such GET ends (`lease.rs`). Every open frees what it lists.
 pub(crate) const PENDING_FREE: TableDefinition<[u8; 20], u64> =
@@ -18,9 +24,24 @@ pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("se
 
 pub(crate) const CHUNK_SIZE_SETTING: &str = "chunk_size";
 /// How chunks are stored: absent or 0, the bytes alone; 1, the bytes then their CRC-32C
-/// ([`super::crc::chunk_crc`], 4 bytes little-endian). New stores use 1.
+/// ([`super::crc::chunk_crc`], 4 bytes little-endian); 2, as 1, and a last chunk that would
+/// overflow its page run is split into a head and a tail (`TAILS`, [`Layout::split`]). New stores
+/// use 2.
 pub(crate) const CHUNK_FORMAT_SETTING: &str = "chunk_format";
 pub(crate) const CHUNK_FORMAT_CRC: u64 = 1;
+pub(crate) const CHUNK_FORMAT_TAILS: u64 = 2;
+
+/// redb's page: a leaf takes a run of 2^k of them.
+const PAGE: u64 = 4096;
+/// The bytes of a redb 4.6 leaf holding one `CHUNKS` entry besides its value: page header (4),
+/// the value's end offset (4), the key (fixed width, 20 + 4). Checked by a test against redb.
+pub(crate) const CHUNK_LEAF_OVERHEAD: u64 = 4 + 4 + 24;
+/// The longest tail split off a last chunk. A tail packs with other blobs' tails in `TAILS`
+/// (about 60 of 4 KiB blobs' 36-byte tails per page); a longer remainder stays in `CHUNKS`, so
+/// that a blob is split only where it saves at least a page per ~TAIL_MAX bytes moved. 1/8 of a
+/// page: the split saves 4 KiB or more per blob for at most 512 bytes (+36 of row overhead) in
+/// `TAILS` (BENCHMARKS.md, "Small blobs on disk").
+pub(crate) const TAIL_MAX: u64 = 512;
 /// A random number that ties the write-ahead log to this database (`wal.rs`).
 pub(crate) const STORE_ID_SETTING: &str = "store_id";
 /// The last write-ahead log record applied (`wal.rs`).
@@ -33,6 +54,8 @@ pub(crate) struct Layout {
     pub chunk_size: u64,
     /// Each chunk value ends with a CRC-32C of the chunk.
     pub checksums: bool,
+    /// A last chunk a little longer than a leaf's page run is split ([`split`](Self::split)).
+    pub tails: bool,
 }
 
 impl Layout {
@@ -49,6 +72,40 @@ impl Layout {
     pub(crate) fn data_len(&self, len: u64, i: u32) -> u64 {
         (len - self.chunk_size * i as u64).min(self.chunk_size)
     }
+
+    /// The bytes of chunk `i` of a blob of `len` bytes that `CHUNKS` holds when the chunk is
+    /// split, the rest (the tail) being in `TAILS`; `None` when it is stored whole.
+    ///
+    /// redb gives a leaf a run of 2^k pages, and a 4 KiB blob (4,096 bytes + CRC + key) is just
+    /// over one page: whole, it takes two. So the last chunk, when it is at most [`TAIL_MAX`]
+    /// bytes longer than what fills a leaf of 2^k pages alone, keeps exactly that much (the head)
+    /// and the few bytes left over go to `TAILS`, where they pack with other blobs' tails.
+    pub(crate) fn split(&self, len: u64, i: u32) -> Option<u64> {
+        if !self.tails || i + 1 != self.chunk_count(len) {
+            return None;
+        }
+        split_point(self.data_len(len, i), self.trailer() as u64)
+    }
+
+    /// Whether a blob of `len` bytes has a tail in `TAILS`.
+    pub(crate) fn has_tail(&self, len: u64) -> bool {
+        self.split(len, self.chunk_count(len).saturating_sub(1))
+            .is_some()
+    }
+}
+
+/// Where a last chunk of `r` bytes, stored with `trailer` bytes after them, is split (see
+/// [`Layout::split`]).
+fn split_point(r: u64, trailer: u64) -> Option<u64> {
+    let capacity = |run: u64| (PAGE * run).checked_sub(CHUNK_LEAF_OVERHEAD + trailer);
+    let mut run = 1u64;
+    // The largest single-entry leaf capacity below `r`.
+    let mut head = capacity(run).filter(|&c| c < r)?;
+    while let Some(next) = run.checked_mul(2).and_then(capacity).filter(|&c| c < r) {
+        run *= 2;
+        head = next;
+    }
+    (r - head <= TAIL_MAX).then_some(head)
 }
 
 /// What the store knows of one content blob.
@@ -126,5 +183,32 @@ mod tests {
         assert_eq!(chunk_count(0, 10), 0);
         assert_eq!(chunk_count(10, 10), 1);
         assert_eq!(chunk_count(11, 10), 2);
+    }
+
+    #[test]
+    fn the_last_chunk_splits_just_past_a_page_run() {
+        let layout = Layout {
+            chunk_size: 65_408,
+            checksums: true,
+            tails: true,
+        };
+        let one = 4096 - 36;
+        assert_eq!(layout.split(one, 0), None);
+        assert_eq!(layout.split(one + 1, 0), Some(one));
+        assert_eq!(layout.split(4096, 0), Some(one));
+        assert_eq!(layout.split(one + TAIL_MAX, 0), Some(one));
+        assert_eq!(layout.split(one + TAIL_MAX + 1, 0), None);
+        assert_eq!(layout.split(8192 - 36 + 5, 0), Some(8192 - 36));
+        assert_eq!(layout.split(32768 - 36 + 5, 0), Some(32768 - 36));
+        // Only the last chunk: a full 64 KiB - 128 chunk fits its 16 pages.
+        let len = 65_408 + 4096;
+        assert_eq!(layout.split(len, 0), None);
+        assert_eq!(layout.split(len, 1), Some(one));
+        assert_eq!(layout.split(0, 0), None);
+        let old = Layout {
+            tails: false,
+            ..layout
+        };
+        assert_eq!(old.split(4096, 0), None);
     }
 }

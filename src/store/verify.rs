@@ -5,7 +5,7 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::read::BlobReader;
+use super::read::{BlobReader, Snapshot};
 use super::schema::*;
 use super::{LogReplay, StoreError};
 use crate::key::BlobKey;
@@ -28,10 +28,11 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     /// Blobs whose chunks are missing or short, or whose bytes do not hash to their key.
     pub damaged: Vec<Damage>,
-    /// Chunks of no stored blob (a bug or a torn write if ever non-zero).
+    /// Chunks (and tails of split last chunks) of no stored blob (a bug or a torn write if ever
+    /// non-zero).
     pub orphan_chunks: u64,
-    /// Chunks of deleted blobs kept for GETs still reading them; freed when the last such GET
-    /// ends, or at the next open. Not a fault.
+    /// Chunks (and tails) of deleted blobs kept for GETs still reading them; freed when the last
+    /// such GET ends, or at the next open. Not a fault.
     pub pending_chunks: u64,
     /// Named blobs pointing at content that is not there.
     pub dangling_names: u64,
@@ -58,7 +59,12 @@ pub(crate) fn verify(db: &Database, layout: Layout) -> Result<VerifyReport, Stor
         let (k, m) = row?;
         let key = BlobKey(k.value());
         let meta = ContentMeta::decode(&m.value());
-        let mut r = BlobReader::new_full(txn.open_table(CHUNKS)?, key, meta.len, layout);
+        let mut r = BlobReader::new_full(
+            Snapshot::open(&txn, layout, meta.len)?,
+            key,
+            meta.len,
+            layout,
+        );
         report.blobs_checked += 1;
         loop {
             match r.next_chunk() {
@@ -90,6 +96,28 @@ pub(crate) fn verify(db: &Database, layout: Layout) -> Result<VerifyReport, Stor
             report.pending_chunks += 1;
         } else {
             report.orphan_chunks += 1;
+        }
+    }
+    if layout.tails {
+        for row in txn.open_table(TAILS)?.iter()? {
+            let Ok(key) = <[u8; 20]>::try_from(row?.0.value()) else {
+                report.orphan_chunks += 1;
+                continue;
+            };
+            let owned = content
+                .get(key)?
+                .is_some_and(|m| layout.has_tail(ContentMeta::decode(&m.value()).len));
+            if owned {
+                continue;
+            }
+            if pending
+                .get(key)?
+                .is_some_and(|len| layout.has_tail(len.value()))
+            {
+                report.pending_chunks += 1;
+            } else {
+                report.orphan_chunks += 1;
+            }
         }
     }
     for row in named.iter()? {

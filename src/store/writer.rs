@@ -592,6 +592,10 @@ pub(crate) struct Tables<'t> {
     pub content: Table<'t, [u8; 20], [u8; ContentMeta::SIZE]>,
     pub named: Table<'t, ([u8; 16], &'static str), [u8; 20]>,
     pub chunks: Table<'t, ([u8; 20], u32), &'static [u8]>,
+    /// The tails of split last chunks, opened at first use (`tails()`): a batch of large or
+    /// tiny blobs never needs them, and a store of an older layout has none.
+    tails: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    txn: &'t WriteTransaction,
     pub pending: Table<'t, [u8; 20], u64>,
     pub layout: Layout,
     /// The store's leases, when GETs may be reading: leased content is not freed but left
@@ -608,6 +612,8 @@ impl<'t> Tables<'t> {
             content: txn.open_table(CONTENT)?,
             named: txn.open_table(NAMED)?,
             chunks: txn.open_table(CHUNKS)?,
+            tails: None,
+            txn,
             pending: txn.open_table(PENDING_FREE)?,
             layout,
             frees: None,
@@ -668,7 +674,7 @@ fn apply(
     Ok(out)
 }
 
-impl Tables<'_> {
+impl<'t> Tables<'t> {
     /// Whether a read-repair of `target` with content `key` may still be applied: the target is
     /// absent locally, and the recovery store still holds that content under it. A PUT or DELETE
     /// committed since the repair read the recovery store wins over the repair.
@@ -743,9 +749,7 @@ impl Tables<'_> {
                 let kept = self.pending.remove(key.0)?.map(|g| g.value());
                 if let Some(old) = kept.filter(|&old| old != len) {
                     // Not the same bytes after all (only damage could do that): replace them.
-                    for i in 0..layout.chunk_count(old) {
-                        self.chunks.remove((key.0, i))?;
-                    }
+                    self.remove_chunks(key, old)?;
                 }
                 let count = match kept == Some(len) {
                     true => 0,
@@ -754,14 +758,16 @@ impl Tables<'_> {
                 for i in 0..count {
                     let offset = i as u64 * layout.chunk_size;
                     let n = layout.data_len(len, i) as usize;
+                    let head = layout.split(len, i).map_or(n, |h| h as usize);
                     let mut slot = self
                         .chunks
-                        .insert_reserve((key.0, i), n + layout.trailer())?;
-                    let value = slot.as_mut();
-                    let (data, trailer) = value.split_at_mut(n);
-                    fill(offset, data)?;
-                    if layout.checksums {
-                        trailer.copy_from_slice(&crc::chunk_crc(&key.0, i, data).to_le_bytes());
+                        .insert_reserve((key.0, i), head + layout.trailer())?;
+                    fill_value(slot.as_mut(), &key, i, offset, layout, &fill)?;
+                    drop(slot);
+                    if head < n {
+                        let size = n - head + layout.trailer();
+                        let mut slot = self.tails()?.insert_reserve(key.0.as_slice(), size)?;
+                        fill_value(slot.as_mut(), &key, i, offset + head as u64, layout, &fill)?;
                     }
                 }
                 ContentMeta {
@@ -839,10 +845,28 @@ impl Tables<'_> {
             self.pending.insert(key.0, len)?;
             return Ok(());
         }
-        for i in 0..self.layout.chunk_count(len) {
+        self.remove_chunks(key, len)
+    }
+
+    /// Removes the chunks (and tail) of content of `len` bytes.
+    fn remove_chunks(&mut self, key: BlobKey, len: u64) -> Result<(), StoreError> {
+        let count = self.layout.chunk_count(len);
+        for i in 0..count {
             self.chunks.remove((key.0, i))?;
         }
+        if self.layout.has_tail(len) {
+            self.tails()?.remove(key.0.as_slice())?;
+        }
         Ok(())
+    }
+
+    /// `TAILS`, opened at its first use in this transaction.
+    fn tails(&mut self) -> Result<&mut Table<'t, &'static [u8], &'static [u8]>, StoreError> {
+        let table = match self.tails.take() {
+            Some(t) => t,
+            None => self.txn.open_table(TAILS)?,
+        };
+        Ok(self.tails.insert(table))
     }
 
     /// Frees content left pending by a GET, unless it is leased again or was stored again
@@ -898,6 +922,24 @@ impl Tables<'_> {
             }
         }
     }
+}
+
+/// Fills a reserved chunk (or tail) value with the blob bytes from `offset` on, then their
+/// CRC-32C as chunk `i` of `key` when the layout keeps checksums.
+fn fill_value(
+    value: &mut [u8],
+    key: &BlobKey,
+    i: u32,
+    offset: u64,
+    layout: Layout,
+    fill: &impl Fn(u64, &mut [u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let (data, trailer) = value.split_at_mut(value.len() - layout.trailer());
+    fill(offset, data)?;
+    if layout.checksums {
+        trailer.copy_from_slice(&crc::chunk_crc(&key.0, i, data).to_le_bytes());
+    }
+    Ok(())
 }
 
 /// The names of a job and the keys they point at.
