@@ -1001,9 +1001,21 @@ impl BlobStore {
 
     /// Waits until every write queued so far is committed.
     pub fn sync(&self) -> Result<(), StoreError> {
+        self.barrier(false)
+    }
+
+    /// Waits until every write queued so far is committed, then writes the batches the
+    /// write-ahead log holds into the database file and empties the log, as a clean stop does.
+    /// Until then a logged batch may be in the log alone: the database file's size says how
+    /// much the store takes only after this (the load generator's space figures).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.barrier(true)
+    }
+
+    fn barrier(&self, checkpoint: bool) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Barrier { reply })?;
-        rx.recv().map_err(|_| StoreError::Closed)
+        self.send(WriteOp::Barrier { reply, checkpoint })?;
+        rx.recv().map_err(|_| StoreError::Closed)?
     }
 }
 

@@ -866,6 +866,32 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_asked_for_puts_the_logged_writes_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (live, bare) = (dir.path().join("live"), dir.path().join("bare"));
+        let store = BlobStore::open(&live).unwrap();
+        let keys: Vec<BlobKey> = (0..20).map(|i| store.put(&blob(i)).unwrap()).collect();
+        assert!(
+            store.metrics().wal_bytes > 0,
+            "the small PUTs went to the log"
+        );
+        let before = store.metrics().wal_checkpoints;
+        store.checkpoint().unwrap();
+        assert_eq!(store.metrics().wal_bytes, 0);
+        assert_eq!(store.metrics().wal_checkpoints, before + 1);
+        // The database file alone now holds every blob.
+        crash_copy(&live, &bare, false);
+        let without = BlobStore::open(&bare).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            let got = without.get_bytes(&BlobId::Content(*k)).unwrap();
+            assert_eq!(got, Some(blob(i as u32)), "blob {i}");
+        }
+        // Nothing logged: nothing to do, and still no error.
+        store.checkpoint().unwrap();
+        assert_eq!(store.metrics().wal_checkpoints, before + 1);
+    }
+
+    #[test]
     fn a_torn_last_record_is_dropped_and_the_ones_before_it_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let (live, copy) = (dir.path().join("live"), dir.path().join("copy"));

@@ -31,7 +31,10 @@ pub(crate) enum WriteOp {
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     Barrier {
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+        /// Also write every logged batch into the database and empty the log, as a clean stop
+        /// does (`BlobStore::checkpoint`).
+        checkpoint: bool,
     },
     /// Content deleted during a GET lost its last lease: free its chunks (`lease.rs`). Sent
     /// without blocking; each batch frees whatever is released, so a wake-up lost to a full
@@ -113,6 +116,27 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             .filter(|r| matches!(r, Ok(Outcome::Repaired(_))))
             .count();
         shared.metrics.read_repairs.add(repaired as u64);
+        let mut results = results;
+        let asked = |op: &WriteOp| {
+            matches!(
+                op,
+                WriteOp::Barrier {
+                    checkpoint: true,
+                    ..
+                }
+            )
+        };
+        if batch.iter().any(asked)
+            && let Err(e) = checkpoint_log(&shared)
+        {
+            for (_, r) in batch
+                .iter()
+                .zip(results.iter_mut())
+                .filter(|(op, _)| asked(op))
+            {
+                *r = Err(e.duplicate());
+            }
+        }
         reply_all(batch, results);
         if writes && !durable {
             lazy.unsynced();
@@ -122,7 +146,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             lazy.sync(&shared);
         }
     }
-    final_checkpoint(&shared);
+    if let Err(e) = checkpoint_log(&shared) {
+        tracing::warn!(error = %e, "final checkpoint failed; the next open replays the log");
+    }
 }
 
 /// Counts the store's figures for its metrics, unless counted (a storage failure clears it: the
@@ -376,8 +402,8 @@ fn reply_all(batch: Vec<WriteOp>, results: Vec<Result<Outcome, StoreError>>) {
                     Outcome::Key(_) | Outcome::Repaired(_) => 0,
                 }));
             }
-            WriteOp::Barrier { reply } => {
-                let _ = reply.send(());
+            WriteOp::Barrier { reply, .. } => {
+                let _ = reply.send(r.map(|_| ()));
             }
             WriteOp::FreePending => {}
         }
@@ -521,20 +547,21 @@ fn apply_and_replicate(
     Ok((outcomes, delta))
 }
 
-/// At shutdown: makes every logged batch durable in the database and empties the log, so the
-/// next open has nothing to replay.
-pub(crate) fn final_checkpoint(shared: &Shared) {
-    let Some(wal) = &shared.wal else { return };
-    let result = shared.db().and_then(|db| {
-        let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
-        if wal.len() == 0 {
-            return Ok(());
-        }
-        wal::checkpoint(&db, &mut wal)
-    });
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "final checkpoint failed; the next open replays the log");
+/// At shutdown (or when asked): makes every logged batch durable in the database and empties the
+/// log, so the next open has nothing to replay.
+pub(crate) fn checkpoint_log(shared: &Shared) -> Result<(), StoreError> {
+    let Some(wal) = &shared.wal else {
+        return Ok(());
+    };
+    let db = shared.db()?;
+    let mut wal = wal.lock().map_err(|_| StoreError::Closed)?;
+    if wal.len() == 0 {
+        return Ok(());
     }
+    wal::checkpoint(&db, &mut wal)?;
+    shared.metrics.wal_checkpoints.inc();
+    shared.metrics.wal_size.set(0);
+    Ok(())
 }
 
 /// Replays the batch's puts and deletes on the recovery store, in order, puts grouped.
