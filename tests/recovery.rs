@@ -468,12 +468,15 @@ fn a_cache_reads_the_recovery_store_when_every_server_is_down(b: Backend) {
     assert_eq!(cache.get(&key).unwrap().read().unwrap(), data);
 
     if let Some(sw) = r.seaweed {
-        // Replace the stored bytes behind the store's back.
+        // Replace the stored bytes behind the store's back. The filer drops the object's
+        // metadata (origin=key): a pin keeps the blob reachable by key, as the earlier layout
+        // wrote for every PUT by key.
         sw.filer_put(
             &r.bucket,
             &format!("ha/content/{damaged}"),
             b"not those bytes",
         );
+        sw.filer_put(&r.bucket, &format!("ha/pin/{damaged}"), b"");
         let e = cache.get(&damaged).unwrap_err().to_string();
         assert!(e.contains("recovery store's copy is damaged"), "{e}");
         assert!(!cache.contains(&damaged));
@@ -674,8 +677,11 @@ mod object_gc {
             .open()
             .unwrap();
         let job = JobId::random();
-        let key = s0.put(b"original bytes").unwrap();
+        // Named first, so that the PUT by key finds the content there and writes a pin: the
+        // tampered object below (written without metadata) stays reachable by key through it.
         s0.put_named(job, "lib.jar", b"original bytes").unwrap();
+        let key = s0.put(b"original bytes").unwrap();
+        assert_eq!(r.objects("ha/pin/").len(), 1);
         let sw = r.seaweed.unwrap();
         sw.filer_put(&r.bucket, &format!("ha/content/{key}"), b"tampered bytes");
 
