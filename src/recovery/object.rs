@@ -139,28 +139,13 @@ const ORIGIN: &str = "origin";
 /// User metadata naming one creation of a content object (`x-amz-meta-creation`).
 const CREATION: &str = "creation";
 
-/// A fresh creation id: 32 hex digits from std's randomly keyed SipHash over the time, the
-/// process and a counter (unique across servers and restarts without a random-number crate).
+/// A fresh creation id: 32 random hex digits (unique across servers and restarts).
 fn creation_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let keys = std::collections::hash_map::RandomState::new();
-    let mut out = String::with_capacity(32);
-    for half in 0u8..2 {
-        let mut h = keys.build_hasher();
-        h.write_u8(half);
-        h.write_u64(n);
-        h.write_u128(nanos);
-        h.write_u32(std::process::id());
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
+    format!(
+        "{:016x}{:016x}",
+        crate::key::random_u64(),
+        crate::key::random_u64()
+    )
 }
 
 /// What a HEAD of a content object tells.
