@@ -855,32 +855,60 @@ mod object_gc {
         assert!(there(&*other, &id));
     }
 
-    /// A PUT that created its content and then failed (here: a collection's marker on it) takes
-    /// the content back: nothing visible by key, and gc collects it.
+    /// A PUT that created its content and then failed (here: its batch also held a named blob
+    /// whose content a collection has marked) takes the content back: nothing visible by key, and
+    /// gc collects it. A PUT by key that creates its content needs no look at the markers.
     #[test]
     fn a_failed_put_takes_back_the_content_it_created() {
         let Some((_tmp, r)) = object_store("a_failed_put_takes_back") else {
             return;
         };
-        let data = b"created by a PUT that fails".to_vec();
-        let key = BlobKey::of(&data);
-        let id = BlobId::Content(key);
+        let created = b"created by a PUT that fails".to_vec();
+        let marked = b"marked by a collection".to_vec();
+        let id = BlobId::Content(BlobKey::of(&created));
         let sw = r.seaweed.unwrap();
-        let marker = format!("ha/gc/{key}");
+        let marker = format!("ha/gc/{}", BlobKey::of(&marked));
         sw.filer_put(&r.bucket, &marker, b"");
-        let e = r.store.put(&[by_key(&data)]).unwrap_err().to_string();
+        let named = BlobId::Named(JobId::random(), "lib.jar".into());
+        let e = r
+            .store
+            .put(&[by_key(&created), item(named.clone(), &marked)])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(MARKED), "{e}");
-        assert_eq!(r.objects("ha/content/").len(), 1, "the create did not run");
+        assert_eq!(r.objects("ha/content/").len(), 2, "the creates did not run");
         assert_eq!(r.objects("ha/unpin/").len(), 1, "not taken back");
-        assert!(
-            !there(&*r.reopen(), &id),
-            "a failed PUT left its blob visible"
+        let other = r.reopen();
+        assert!(!there(&*other, &id), "a failed PUT left its blob visible");
+        assert!(!there(&*other, &named), "a failed PUT left its name");
+
+        // Created by key, marked or not: no check, no refusal.
+        let fresh = b"created while marked".to_vec();
+        let fresh_id = BlobId::Content(BlobKey::of(&fresh));
+        sw.filer_put(&r.bucket, &format!("ha/gc/{}", BlobKey::of(&fresh)), b"");
+        r.store.put(&[by_key(&fresh)]).unwrap();
+        assert!(there(&*other, &fresh_id));
+        // Found there (412), the content of a marked key is refused: its pin would come late.
+        let e = other.put(&[by_key(&fresh)]).unwrap_err().to_string();
+        assert!(e.contains(MARKED), "{e}");
+
+        // The taken-back content goes, with its unpin; the marked content is another pass's
+        // (fresh marker): skipped; the fresh content is held.
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.deleted, report.skipped_marked),
+            (1, 1),
+            "{report:?}"
         );
-        // The marker is a fresh one (another pass's): this pass skips the content.
-        assert_eq!(r.store.gc().unwrap().skipped_marked, 1);
+        assert_eq!(r.objects("ha/unpin/"), vec![]);
         sw.filer_delete(&r.bucket, &marker);
-        assert_eq!(r.store.gc().unwrap().deleted, 1);
-        assert_eq!(r.objects("ha/"), vec![]);
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (2, 1),
+            "{report:?}"
+        );
+        assert!(there(&*other, &fresh_id));
     }
 
     /// A bucket written by the earlier layout (a pin for every PUT by key, content without

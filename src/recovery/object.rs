@@ -41,12 +41,17 @@
 //!
 //! One group commit is one call: the content objects of all its items go up concurrently (at most
 //! [`ObjectStoreSettings::concurrency`] at a time; a large blob in parts, read from the spool
-//! part by part, so memory stays bounded whatever the size), together with one listing of `gc/`
-//! checking that no garbage collection has marked that content. A content PUT whose create
-//! succeeded is done then: one round trip, one object write per blob plus the batch's listing.
-//! Only what is left — named references, and pins for content PUTs that found their content
-//! there (412) or uploaded it in parts (a multipart completion is not create-only, so its
-//! `origin` cannot be trusted to stay `key`) — goes up in a second round trip.
+//! part by part, so memory stays bounded whatever the size). A content PUT whose create-only
+//! upload succeeded is done then: its content object is its key reference, and it needs no check
+//! of a garbage collection's markers (see below). So a batch of such PUTs — new content put by
+//! key, what `blobvault bench` does — costs one round trip and one object write per blob, and
+//! nothing else. What is left needs a reference written afterwards: named items, and content PUTs
+//! that found their content there (412) or uploaded it in parts (a multipart completion is not
+//! create-only, so its `origin` cannot be trusted to stay `key`; such content carries
+//! `origin=name` and gets a pin). Before writing those references the batch lists `gc/` once,
+//! checking that no garbage collection has marked their content: beside the uploads when the
+//! batch holds a named item (two round trips, as before), after them otherwise (a deduplicated
+//! content PUT: three round trips — create, listing, pin).
 //!
 //! The whole call is bounded by [`ObjectStoreSettings::timeout`]: past it the PUT fails (and the
 //! local store does not apply it). The uploads and references have three quarters of it; when
@@ -74,17 +79,30 @@
 //! first). `S` is the longest a PUT may take ([`ObjectStoreSettings::timeout`], plus a margin): a
 //! PUT that ran longer has failed.
 //!
-//! Claim: no acknowledged PUT's content is deleted while its reference exists. A PUT of content
-//! `X` lists the markers at some time `h`, after it started (`s <= h`) and before it
-//! acknowledged (`end <= s + S`); it acknowledges only if the marker was absent at `h`. Its
-//! reference is written by `end`: the content object it created (`origin=key`, a fresh creation no
-//! unpin names unless a later DELETE writes one), or a pin or name after a 412. The marker
-//! exists from its creation `m` to its deletion `e`, so `h < m` or `h > e`.
-//! - `h < m`: the PUT ended by `h + S < m + S`, before step 5 lists the references and reads the
-//!   metadata, so step 5 sees its reference (its pin or name, or its content object with its
-//!   creation and no unpin of it) and `X` is not deleted.
-//! - `h > e`: the pass deleted `X` (if at all) at some `d <= e - S`, and the PUT started at
-//!   `s >= h - S > d`: its create (or the 412 saying `X` exists) came after the deletion.
+//! Claim: no acknowledged PUT's content is deleted while its reference exists. A pass deletes
+//! `X` at most once, at some `d`, holding its marker from its creation `m` to its deletion `e`
+//! (`m + S <= l5 < h5 < d <= e - S`, where `l5` is step 5's listing of references and `h5` its
+//! HEAD of `X`), and only if `h5` found an object at `X` that the references of `l5` do not hold.
+//! Markers are create-only, so no two passes hold one on `X` at the same time.
+//!
+//! *A PUT by key whose create succeeded*, at `c`, with a fresh creation `n`: its object is held
+//! from `c` on, unless a DELETE by key (or this PUT's own take-back, when it failed) writes
+//! `unpin/X/n`. If `h5 > c` and the HEAD sees that object, it is held: not deleted. If `h5 < c`,
+//! the object the HEAD saw was gone before `c` (the create succeeded), removed either by this
+//! pass's one deletion (`d < c`: ours is untouched) or by another pass's, at some `d'` with
+//! `h5 < d' < c`; that pass held its marker at `d'`, inside this pass's interval `[m, e]` (as
+//! `m < h5` and `c < d <= e`, or else `d < c`): impossible. (And if `h5 > c` but the object has
+//! gone, it was deleted by an earlier pass, which the same argument covers.) So this PUT needs no
+//! look at the markers at all.
+//!
+//! *Any other PUT* (a name, or a pin after a 412) of content `X` lists the markers at some time
+//! `h`, after it started (`s <= h`) and before it acknowledged (`end <= s + S`); it acknowledges
+//! only if the marker was absent at `h`, and its reference is written by `end`. So `h < m` or
+//! `h > e`.
+//! - `h < m`: the PUT ended by `h + S < m + S`, before step 5 lists the references, so that
+//!   listing sees its reference and `X` is not deleted.
+//! - `h > e`: the pass deleted `X` (if at all) at `d <= e - S`, and the PUT started at
+//!   `s >= h - S > d`: its upload (or the 412 saying `X` exists) came after the deletion.
 //!
 //! A DELETE by key's unpin only takes a reference away; a failed PUT's unpin names its own
 //! creation only. Step 8 never deletes an unpin that applies: the creation it names is gone for
@@ -813,8 +831,18 @@ impl Backend {
                     .boxed()
             })
             .collect();
+        // Named items always write a reference afterwards: check the markers now, beside the
+        // uploads. Content a PUT by key creates needs no check (module docs, "Garbage
+        // collection"): a batch of such PUTs makes no other request.
+        let named = items.iter().any(|i| matches!(i.id, BlobId::Named(..)));
         let keys: Vec<BlobKey> = distinct.iter().map(|(i, _)| i.key).collect();
-        let (up, mk) = futures::join!(all(uploads, c), self.check_markers(&keys));
+        let check = async {
+            match named {
+                true => self.check_markers(&keys).await,
+                false => Ok(()),
+            }
+        };
+        let (up, mk) = futures::join!(all(uploads, c), check);
         let own: HashSet<BlobKey> = up?
             .into_iter()
             .filter(|&(_, o)| o)
@@ -822,9 +850,20 @@ impl Backend {
             .collect();
         mk?;
         // Content is all there: now the references still missing.
-        let refs: Vec<Job<'_, ()>> = items
+        let missing: Vec<&RecoveryItem<'_>> = items
             .iter()
             .filter(|i| !(matches!(i.id, BlobId::Content(_)) && own.contains(&i.key)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !named {
+            // Pins of content found there: checked before they are written.
+            let keys: Vec<BlobKey> = missing.iter().map(|i| i.key).collect();
+            self.check_markers(&keys).await?;
+        }
+        let refs: Vec<Job<'_, ()>> = missing
+            .into_iter()
             .map(|i| {
                 let path = self.ref_path(&i.id);
                 let body = match &i.id {
