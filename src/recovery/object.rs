@@ -88,12 +88,12 @@
 //! *A PUT by key whose create succeeded*, at `c`, with a fresh creation `n`: its object is held
 //! from `c` on, unless a DELETE by key (or this PUT's own take-back, when it failed) writes
 //! `unpin/X/n`. If `h5 > c` and the HEAD sees that object, it is held: not deleted. If `h5 < c`,
-//! the object the HEAD saw was gone before `c` (the create succeeded), removed either by this
-//! pass's one deletion (`d < c`: ours is untouched) or by another pass's, at some `d'` with
-//! `h5 < d' < c`; that pass held its marker at `d'`, inside this pass's interval `[m, e]` (as
-//! `m < h5` and `c < d <= e`, or else `d < c`): impossible. (And if `h5 > c` but the object has
-//! gone, it was deleted by an earlier pass, which the same argument covers.) So this PUT needs no
-//! look at the markers at all.
+//! the object the HEAD saw was removed before `c` (the create succeeded). If this pass removed
+//! it, its one deletion came before `c` and ours is untouched. Otherwise another pass removed it,
+//! at some `d'` with `h5 < d' < c`, holding its marker then; for this pass's deletion to hit ours
+//! we would need `d > c`, so `m < h5 < d' < c < d <= e`: both passes held a marker on `X` at
+//! `d'`, impossible. (If `h5 > c` and ours had gone already, an earlier deletion took it: the same
+//! argument, for that deletion.) So this PUT needs no look at the markers at all.
 //!
 //! *Any other PUT* (a name, or a pin after a 412) of content `X` lists the markers at some time
 //! `h`, after it started (`s <= h`) and before it acknowledged (`end <= s + S`); it acknowledges
