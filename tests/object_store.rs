@@ -543,3 +543,55 @@ fn bad_object_store_settings_fail_at_start() {
     // Nothing was created in the working directory for the refused URIs.
     assert!(!Path::new("s3:").exists() && !Path::new("s5:").exists());
 }
+
+/// `bench --object-store URI` beside a blobvault server, plain and `--object-store-create`:
+/// the store-alone phases run without errors and leave nothing in the bucket; the create-only
+/// one writes as the recovery backend does.
+#[test]
+fn bench_measures_the_store_alone_plain_and_create_only() {
+    let Some(sw) = Seaweed::shared("bench_measures_the_store_alone") else {
+        return;
+    };
+    let bucket = sw.new_bucket("bench");
+    let tmp = tempfile::tempdir().unwrap();
+    let p = ServeProcess::spawn(&["--dir".as_ref(), tmp.path().join("s").as_os_str()]);
+    let server = p.addr.to_string();
+    let direct = sw.uri(&bucket, "direct");
+    for (flag, phase) in [
+        (None, "store-put"),
+        (Some("--object-store-create"), "store-create"),
+    ] {
+        let mut args = vec![
+            "bench",
+            "-q",
+            "--server",
+            &server,
+            "-n",
+            "20",
+            "-s",
+            "4KiB",
+            "-c",
+            "2",
+            "--phases",
+            "put",
+            "--object-store",
+            &direct,
+        ];
+        args.extend(flag);
+        let (status, out, err) = run_cli(&args, &sw.env());
+        assert!(status.success(), "bench {args:?}: {status}\n{out}\n{err}");
+        let row: Vec<&str> = out
+            .lines()
+            .find(|l| l.starts_with(phase))
+            .unwrap_or_else(|| panic!("no {phase} row in\n{out}"))
+            .split_whitespace()
+            .collect();
+        // phase, ops, ops/s, MB/s, 4 latencies, errors
+        assert_eq!((row[1], row[8]), ("20", "0"), "{phase}: {row:?}");
+        assert_eq!(
+            sw.objects(&bucket, "direct/"),
+            vec![],
+            "{phase} left objects"
+        );
+    }
+}

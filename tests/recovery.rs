@@ -468,12 +468,15 @@ fn a_cache_reads_the_recovery_store_when_every_server_is_down(b: Backend) {
     assert_eq!(cache.get(&key).unwrap().read().unwrap(), data);
 
     if let Some(sw) = r.seaweed {
-        // Replace the stored bytes behind the store's back.
+        // Replace the stored bytes behind the store's back. The filer drops the object's
+        // metadata (origin=key): a pin keeps the blob reachable by key, as the earlier layout
+        // wrote for every PUT by key.
         sw.filer_put(
             &r.bucket,
             &format!("ha/content/{damaged}"),
             b"not those bytes",
         );
+        sw.filer_put(&r.bucket, &format!("ha/pin/{damaged}"), b"");
         let e = cache.get(&damaged).unwrap_err().to_string();
         assert!(e.contains("recovery store's copy is damaged"), "{e}");
         assert!(!cache.contains(&damaged));
@@ -494,7 +497,7 @@ fn a_cache_reads_the_recovery_store_when_every_server_is_down(b: Backend) {
 mod object_gc {
     use std::time::{Duration, Instant};
 
-    use blobvault::recovery::{MARKED, ObjectRecoveryStore};
+    use blobvault::recovery::{MARKED, ObjectRecoveryStore, RecoveryStore};
     use blobvault::store::StoreOptions;
     use blobvault::{BlobId, BlobKey, JobId};
 
@@ -662,6 +665,301 @@ mod object_gc {
         use std::io::Read as _;
     }
 
+    /// The item of a PUT of `data` as `id`.
+    fn item<T: blobvault::recovery::BlobBytes + AsRef<[u8]>>(
+        id: BlobId,
+        data: &T,
+    ) -> blobvault::recovery::RecoveryItem<'_> {
+        blobvault::recovery::RecoveryItem {
+            id,
+            key: BlobKey::of(data.as_ref()),
+            data,
+        }
+    }
+
+    /// The item of a PUT by key of `data`.
+    fn by_key<T: blobvault::recovery::BlobBytes + AsRef<[u8]>>(
+        data: &T,
+    ) -> blobvault::recovery::RecoveryItem<'_> {
+        item(BlobId::Content(BlobKey::of(data.as_ref())), data)
+    }
+
+    /// The bytes `store` serves for `id`, or `None`.
+    fn read(store: &dyn RecoveryStore, id: &BlobId) -> Option<Vec<u8>> {
+        use std::io::Read as _;
+        let mut got = Vec::new();
+        store.get(id).unwrap()?.read_to_end(&mut got).unwrap();
+        Some(got)
+    }
+
+    /// Whether `id` is there for `store`, asked every way: get, key_of and list agree.
+    fn there(store: &dyn RecoveryStore, id: &BlobId) -> bool {
+        let got = store.get(id).unwrap().is_some();
+        let key = store.key_of(id).unwrap().is_some();
+        let listed = store.list().unwrap().contains(id);
+        assert_eq!(key, got, "get and key_of disagree on {id}");
+        assert_eq!(listed, got, "get and list disagree on {id}");
+        got
+    }
+
+    /// A content PUT costs one object: N PUTs by key (through the store's group commits) leave
+    /// exactly N content objects and no pin, and another server serves each by key.
+    #[test]
+    fn one_object_per_content_put() {
+        let Some((tmp, r)) = object_store("one_object_per_content_put") else {
+            return;
+        };
+        let store = StoreOptions::new(tmp.path().join("s0"))
+            .recovery(r.store.clone())
+            .open()
+            .unwrap();
+        let blobs: Vec<Vec<u8>> = (0..12)
+            .map(|i| super::pseudo_random(4096, 40 + i))
+            .collect();
+        std::thread::scope(|s| {
+            for chunk in blobs.chunks(3) {
+                let store = &store;
+                s.spawn(move || {
+                    for b in chunk {
+                        store.put(b).unwrap();
+                    }
+                });
+            }
+        });
+        let all = r.objects("ha/");
+        assert_eq!(all.len(), blobs.len(), "{all:?}");
+        assert_eq!(r.objects("ha/content/").len(), blobs.len());
+        let other = r.reopen();
+        let mut want: Vec<BlobId> = blobs
+            .iter()
+            .map(|b| BlobId::Content(BlobKey::of(b)))
+            .collect();
+        want.sort();
+        assert_eq!(other.list().unwrap(), want);
+        for b in &blobs {
+            let id = BlobId::Content(BlobKey::of(b));
+            assert_eq!(read(&*other, &id).as_deref(), Some(&b[..]), "{id}");
+            assert!(there(&*other, &id));
+        }
+    }
+
+    /// Deduplicated content and a re-PUT after a DELETE: a PUT that finds its content there
+    /// writes a pin; DELETE by key hides it (pin gone, unpin of its creation); a PUT again makes
+    /// it reachable again.
+    #[test]
+    fn dedup_and_put_again_after_delete() {
+        let Some((_tmp, r)) = object_store("dedup_and_put_again") else {
+            return;
+        };
+        let data = b"put twice, deleted, put again".to_vec();
+        let id = BlobId::Content(BlobKey::of(&data));
+        r.store.put(&[by_key(&data)]).unwrap();
+        assert_eq!(r.objects("ha/pin/").len(), 0);
+        // Another server puts the same content: it finds it there.
+        let other = r.reopen();
+        other.put(&[by_key(&data)]).unwrap();
+        assert_eq!(r.objects("ha/content/").len(), 1);
+        assert_eq!(r.objects("ha/pin/").len(), 1);
+        assert!(there(&*r.store, &id));
+
+        other.delete(&id).unwrap();
+        assert_eq!(r.objects("ha/pin/").len(), 0);
+        assert_eq!(r.objects("ha/unpin/").len(), 1);
+        assert!(!there(&*r.store, &id), "served after DELETE by key");
+        assert_eq!(read(&*r.store, &id), None);
+
+        r.store.put(&[by_key(&data)]).unwrap();
+        assert_eq!(r.objects("ha/pin/").len(), 1);
+        assert!(there(&*other, &id), "not served after a PUT again");
+        assert_eq!(read(&*other, &id), Some(data));
+        // Held by its pin: gc keeps it.
+        assert_eq!(r.store.gc().unwrap().deleted, 0);
+        assert!(there(&*other, &id));
+    }
+
+    /// DELETE by key of content a named blob shares keeps the named blob; content first put by
+    /// name is not reachable by key; gc collects both once the names are gone.
+    #[test]
+    fn names_and_keys_sharing_content() {
+        let Some((_tmp, r)) = object_store("names_and_keys_sharing_content") else {
+            return;
+        };
+        let job = JobId::random();
+        let shared = b"by key first, then by name".to_vec();
+        let named_only = b"by name only".to_vec();
+        let shared_id = BlobId::Content(BlobKey::of(&shared));
+        let named_only_key = BlobId::Content(BlobKey::of(&named_only));
+        let (n1, n2) = (
+            BlobId::Named(job, "shares".into()),
+            BlobId::Named(job, "alone".into()),
+        );
+        r.store.put(&[by_key(&shared)]).unwrap();
+        r.store
+            .put(&[item(n1.clone(), &shared), item(n2.clone(), &named_only)])
+            .unwrap();
+        assert!(there(&*r.store, &n2));
+        assert!(
+            !there(&*r.store, &named_only_key),
+            "content put by name is reachable by key"
+        );
+        r.store.delete(&shared_id).unwrap();
+        assert!(!there(&*r.store, &shared_id));
+        assert_eq!(read(&*r.store, &n1), Some(shared.clone()));
+        assert_eq!(r.store.gc().unwrap().deleted, 0, "gc took named content");
+        assert_eq!(read(&*r.reopen(), &n1), Some(shared));
+
+        r.store.delete_job(&job).unwrap();
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (2, 2),
+            "{report:?}"
+        );
+        // The unpin went with its content.
+        assert_eq!(r.objects("ha/"), vec![]);
+    }
+
+    /// An unpin names one creation: content collected and created again is not hidden by the
+    /// unpin a pass that died left behind.
+    #[test]
+    fn a_stale_unpin_does_not_hide_content_created_again() {
+        let Some((_tmp, r)) = object_store("a_stale_unpin") else {
+            return;
+        };
+        let data = b"collected, then put again".to_vec();
+        let id = BlobId::Content(BlobKey::of(&data));
+        r.store.put(&[by_key(&data)]).unwrap();
+        r.store.delete(&id).unwrap();
+        let unpins = r.objects("ha/unpin/");
+        assert_eq!(unpins.len(), 1);
+        assert_eq!(r.store.gc().unwrap().deleted, 1);
+        assert_eq!(r.objects("ha/"), vec![]);
+        // As if the pass had died before removing the unpin.
+        let sw = r.seaweed.unwrap();
+        sw.filer_put(&r.bucket, &unpins[0].0, b"");
+
+        r.store.put(&[by_key(&data)]).unwrap();
+        assert_eq!(
+            r.objects("ha/pin/").len(),
+            0,
+            "created again: no pin needed"
+        );
+        let other = r.reopen();
+        assert!(there(&*other, &id), "hidden by the stale unpin");
+        assert_eq!(read(&*other, &id), Some(data));
+        assert_eq!(
+            r.store.gc().unwrap().deleted,
+            0,
+            "gc took content created again"
+        );
+        assert!(there(&*other, &id));
+    }
+
+    /// A PUT that created its content and then failed (here: its batch also held a named blob
+    /// whose content a collection has marked) takes the content back: nothing visible by key, and
+    /// gc collects it. A PUT by key that creates its content needs no look at the markers.
+    #[test]
+    fn a_failed_put_takes_back_the_content_it_created() {
+        let Some((_tmp, r)) = object_store("a_failed_put_takes_back") else {
+            return;
+        };
+        let created = b"created by a PUT that fails".to_vec();
+        let marked = b"marked by a collection".to_vec();
+        let id = BlobId::Content(BlobKey::of(&created));
+        let sw = r.seaweed.unwrap();
+        let marker = format!("ha/gc/{}", BlobKey::of(&marked));
+        sw.filer_put(&r.bucket, &marker, b"");
+        let named = BlobId::Named(JobId::random(), "lib.jar".into());
+        let e = r
+            .store
+            .put(&[by_key(&created), item(named.clone(), &marked)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(MARKED), "{e}");
+        assert_eq!(r.objects("ha/content/").len(), 2, "the creates did not run");
+        assert_eq!(r.objects("ha/unpin/").len(), 1, "not taken back");
+        let other = r.reopen();
+        assert!(!there(&*other, &id), "a failed PUT left its blob visible");
+        assert!(!there(&*other, &named), "a failed PUT left its name");
+
+        // Created by key, marked or not: no check, no refusal.
+        let fresh = b"created while marked".to_vec();
+        let fresh_id = BlobId::Content(BlobKey::of(&fresh));
+        sw.filer_put(&r.bucket, &format!("ha/gc/{}", BlobKey::of(&fresh)), b"");
+        r.store.put(&[by_key(&fresh)]).unwrap();
+        assert!(there(&*other, &fresh_id));
+        // Found there (412), the content of a marked key is refused: its pin would come late.
+        let e = other.put(&[by_key(&fresh)]).unwrap_err().to_string();
+        assert!(e.contains(MARKED), "{e}");
+
+        // The taken-back content goes, with its unpin; the marked content is another pass's
+        // (fresh marker): skipped; the fresh content is held.
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.deleted, report.skipped_marked),
+            (1, 1),
+            "{report:?}"
+        );
+        assert_eq!(r.objects("ha/unpin/"), vec![]);
+        sw.filer_delete(&r.bucket, &marker);
+        let report = r.store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (2, 1),
+            "{report:?}"
+        );
+        assert!(there(&*other, &fresh_id));
+    }
+
+    /// A bucket written by the earlier layout (a pin for every PUT by key, content without
+    /// metadata) is served as before; its unpinned content is collected.
+    #[test]
+    fn a_bucket_of_the_earlier_layout_is_served() {
+        let Some((_tmp, r)) = object_store("earlier_layout") else {
+            return;
+        };
+        let sw = r.seaweed.unwrap();
+        let job = JobId::random();
+        let (x, y, z) = (&b"pinned by key"[..], &b"named"[..], &b"orphan"[..]);
+        let (kx, ky, kz) = (BlobKey::of(x), BlobKey::of(y), BlobKey::of(z));
+        for (k, d) in [(kx, x), (ky, y), (kz, z)] {
+            sw.filer_put(&r.bucket, &format!("ha/content/{k}"), d);
+        }
+        sw.filer_put(&r.bucket, &format!("ha/pin/{kx}"), b"");
+        let name = BlobId::Named(job, "lib.jar".into());
+        sw.filer_put(
+            &r.bucket,
+            &format!(
+                "ha/named/{job}/{}",
+                blobvault::recovery::encode_name("lib.jar")
+            ),
+            ky.to_string().as_bytes(),
+        );
+        let store = r.reopen();
+        let mut want = vec![BlobId::Content(kx), name.clone()];
+        want.sort();
+        assert_eq!(store.list().unwrap(), want);
+        assert_eq!(read(&*store, &BlobId::Content(kx)).as_deref(), Some(x));
+        assert_eq!(read(&*store, &name).as_deref(), Some(y));
+        for k in [ky, kz] {
+            assert!(!there(&*store, &BlobId::Content(k)), "{k} reachable by key");
+        }
+        store.delete(&BlobId::Content(kx)).unwrap();
+        assert!(!there(&*store, &BlobId::Content(kx)));
+        assert_eq!(
+            r.objects("ha/unpin/").len(),
+            0,
+            "unpin for content without metadata"
+        );
+        let report = store.gc().unwrap();
+        assert_eq!(
+            (report.content_objects, report.deleted),
+            (3, 2),
+            "{report:?}"
+        );
+        assert_eq!(read(&*store, &name).as_deref(), Some(y));
+    }
+
     /// Bytes changed in the bucket behind the store's back are refused on read-repair, by key or
     /// by name, and nothing is kept locally.
     #[test]
@@ -674,8 +972,11 @@ mod object_gc {
             .open()
             .unwrap();
         let job = JobId::random();
-        let key = s0.put(b"original bytes").unwrap();
+        // Named first, so that the PUT by key finds the content there and writes a pin: the
+        // tampered object below (written without metadata) stays reachable by key through it.
         s0.put_named(job, "lib.jar", b"original bytes").unwrap();
+        let key = s0.put(b"original bytes").unwrap();
+        assert_eq!(r.objects("ha/pin/").len(), 1);
         let sw = r.seaweed.unwrap();
         sw.filer_put(&r.bucket, &format!("ha/content/{key}"), b"tampered bytes");
 

@@ -16,7 +16,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    WriteMultipart,
+};
 
 use super::{PhaseReport, Progress, Rng, timed};
 
@@ -28,14 +31,17 @@ pub const PARTS_IN_FLIGHT: usize = 8;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// PUTs blob `i` (size `sizes[i]`, bytes from `Rng::for_op(seed, i)`) for every `i` into `uri`
-/// over `conns` threads; returns the phase `store-put`.
+/// over `conns` threads; returns the phase `store-put`, or `store-create` when `create` asks
+/// for the recovery backend's kind of write (see [`put_one`]).
 pub(super) fn store_put(
     uri: &str,
     sizes: &[u64],
     seed: u64,
     conns: usize,
+    create: bool,
     progress: &Progress,
 ) -> Result<PhaseReport, Box<dyn std::error::Error>> {
+    let phase = if create { "store-create" } else { "store-put" };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let url = url::Url::parse(uri).map_err(|e| format!("--object-store {uri:?}: {e}"))?;
     if url.scheme() != "s3" {
@@ -64,7 +70,8 @@ pub(super) fn store_put(
                     let size = sizes[i] as usize;
                     let path = prefix.clone().join(i.to_string());
                     let t = Instant::now();
-                    let r = rt.block_on(put_one(&*store, &path, size, Rng::for_op(seed, i as u64)));
+                    let rng = Rng::for_op(seed, i as u64);
+                    let r = rt.block_on(put_one(&*store, &path, size, rng, create));
                     match r {
                         Ok(()) => {
                             lat.push(t.elapsed().as_nanos() as u64);
@@ -72,7 +79,7 @@ pub(super) fn store_put(
                             progress.add(size as u64);
                         }
                         Err(e) => {
-                            first_error.get_or_insert_with(|| format!("store-put #{i}: {e}"));
+                            first_error.get_or_insert_with(|| format!("{phase} #{i}: {e}"));
                         }
                     }
                 }
@@ -80,11 +87,11 @@ pub(super) fn store_put(
             }
         })
         .collect();
-    let (results, seconds, _) = timed("store-put", sizes.len() as u64, progress, None, jobs);
+    let (results, seconds, _) = timed(phase, sizes.len() as u64, progress, None, jobs);
     let mut lat: Vec<u64> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
     let latency_us = super::percentiles(&mut lat);
     let report = PhaseReport {
-        name: "store-put".into(),
+        name: phase.into(),
         ops: lat.len() as u64,
         errors: sizes.len() as u64 - lat.len() as u64,
         bytes: results.iter().map(|r| r.1).sum(),
@@ -104,17 +111,31 @@ pub(super) fn store_put(
 }
 
 /// One blob: a single PUT up to [`PART`] bytes, else a multipart upload. The bytes are
-/// generated as they go, as the blobvault client does.
+/// generated as they go, as the blobvault client does. With `create`, a single PUT is
+/// create-only with the metadata `origin` and `creation`, as the recovery backend writes content
+/// put by key (`recovery/object.rs`): what that costs the store beyond a plain PUT.
 async fn put_one(
     store: &dyn ObjectStore,
     path: &ObjPath,
     size: usize,
     mut rng: Rng,
+    create: bool,
 ) -> Result<(), BoxError> {
     if size <= PART {
         let mut buf = vec![0u8; size];
         rng.fill(&mut buf);
-        store.put(path, PutPayload::from(buf)).await?;
+        let mut opts = PutOptions::default();
+        if create {
+            opts.mode = PutMode::Create;
+            opts.attributes = Attributes::from_iter([
+                (Attribute::Metadata("origin".into()), "key".to_owned()),
+                (
+                    Attribute::Metadata("creation".into()),
+                    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64()),
+                ),
+            ]);
+        }
+        store.put_opts(path, PutPayload::from(buf), opts).await?;
         return Ok(());
     }
     let upload = store.put_multipart(path).await?;

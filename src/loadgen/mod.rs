@@ -157,6 +157,11 @@ pub struct BenchArgs {
     /// after).
     #[arg(long, value_name = "URI")]
     pub object_store: Option<String>,
+    /// With --object-store: PUT as the object-store recovery backend writes a content object,
+    /// create-only (If-None-Match: *) with two user-metadata headers (phase `store-create`),
+    /// instead of plain PUTs (`store-put`).
+    #[arg(long, requires = "object_store")]
+    pub object_store_create: bool,
     /// Print the report as JSON on stdout (the text report then goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -449,6 +454,7 @@ fn run_with(
             &plan.sizes,
             seed,
             args.connections,
+            args.object_store_create,
             &progress,
         )?);
         #[cfg(not(feature = "object-store"))]

@@ -8,55 +8,114 @@
 //!
 //! | object | body | written |
 //! | --- | --- | --- |
-//! | `P/content/<sha1 hex>` | the blob's bytes | once per distinct content, create-only (`If-None-Match: *`); multipart past [`ObjectStoreSettings::part_size`] |
-//! | `P/pin/<sha1 hex>` | empty | by a content PUT: the blob is reachable by its key |
+//! | `P/content/<sha1 hex>` | the blob's bytes; user metadata `origin` (`key` or `name`) and `creation` (32 random hex digits naming this creation) | once per distinct content, create-only (`If-None-Match: *`); multipart past [`ObjectStoreSettings::part_size`] |
+//! | `P/pin/<sha1 hex>` | empty | by a content PUT that did not create the content object itself (it was there: deduplicated, put again after a DELETE, first put by name; or a multipart upload) |
+//! | `P/unpin/<sha1 hex>/<creation>` | empty | by a DELETE by key of content a PUT by key created: that creation is no longer reachable by key |
 //! | `P/named/<job hex>/<name>` | the content key, 40 hex digits | by a named PUT; `<name>` is base64url (no padding) of the UTF-8 name, `=` for the empty name |
 //! | `P/gc/<sha1 hex>` | empty | by a garbage collection, while it may delete that content |
 //!
 //! Content objects are immutable: the same key means the same bytes, so a second upload of the
-//! same content is refused harmlessly (412) and a retried request is safe. `pin/` and `named/`
-//! objects are the references: a GET by key needs the pin, a GET by name reads the reference and
-//! then the content. DELETE by key removes the pin only (a named blob with the same bytes keeps
-//! them); a job delete removes every `named/<job>/` object. Content no reference names any more
-//! stays until a garbage collection ([`ObjectRecoveryStore::gc`]).
+//! same content is refused harmlessly (412) and a retried request is safe.
+//!
+//! **Reachable by key**: `content/X` exists, and `pin/X` exists, or the content object has
+//! `origin=key` and no `unpin/X/<its creation>` exists. So a content PUT that creates the
+//! content costs one object write: the content object is its own key reference. An unpin names
+//! the one creation it hides: content collected and created again later (a new creation) is never
+//! hidden by an old unpin, and an unpin that no longer applies can never apply again.
+//!
+//! **Reachable by name**: `named/<job>/<name>` exists (and names content that exists). A GET by
+//! name reads the reference and then the content; a job delete removes every `named/<job>/`
+//! object. A named PUT writes the content with `origin=name` (or finds it there) and then the
+//! reference: two round trips, as before.
+//!
+//! **DELETE by key** reads the content object's metadata (one HEAD, together with deleting
+//! `pin/X`) and, when `origin=key`, writes `unpin/X/<creation>`: a named blob with the same bytes
+//! keeps them (its reference is elsewhere). Content no reference holds any more stays until a
+//! garbage collection ([`ObjectRecoveryStore::gc`]).
+//!
+//! **Buckets of the earlier layout** (content objects without metadata, every PUT by key
+//! writing `pin/X`) are read unchanged: content without `origin` metadata counts as `origin=name`
+//! (reachable by key through its pin only), which is what that layout meant.
 //!
 //! # A PUT
 //!
 //! One group commit is one call: the content objects of all its items go up concurrently (at most
 //! [`ObjectStoreSettings::concurrency`] at a time; a large blob in parts, read from the spool
-//! part by part, so memory stays bounded whatever the size), together with one listing of `gc/`
-//! checking that no garbage collection has marked that content; then every reference goes up
-//! concurrently. So a batch costs two round trips however many blobs it holds, and each blob two
-//! object PUTs (its content, its reference) plus one listing per batch. The whole call is bounded by
-//! [`ObjectStoreSettings::timeout`]: past it the PUT fails (and the local store does not apply
-//! it). A failure before the references leaves no visible blob; a failure while writing them may
-//! leave some of that batch's references written (the client got an error either way, as for a
-//! failed local commit: README "Failure modes").
+//! part by part, so memory stays bounded whatever the size). A content PUT whose create-only
+//! upload succeeded is done then: its content object is its key reference, and it needs no check
+//! of a garbage collection's markers (see below). So a batch of such PUTs — new content put by
+//! key, what `blobvault bench` does — costs one round trip and one object write per blob, and
+//! nothing else. What is left needs a reference written afterwards: named items, and content PUTs
+//! that found their content there (412) or uploaded it in parts (a multipart completion is not
+//! create-only, so its `origin` cannot be trusted to stay `key`; such content carries
+//! `origin=name` and gets a pin). Before writing those references the batch lists `gc/` once,
+//! checking that no garbage collection has marked their content: beside the uploads when the
+//! batch holds a named item (two round trips, as before), after them otherwise (a deduplicated
+//! content PUT: three round trips — create, listing, pin).
+//!
+//! The whole call is bounded by [`ObjectStoreSettings::timeout`]: past it the PUT fails (and the
+//! local store does not apply it). The uploads and references have three quarters of it; when
+//! they fail (or run out of it) the PUT takes back every content object it tried to create by
+//! key with an `unpin/X/<creation>` of that creation (the creation is this PUT's own, so the
+//! unpin hides nothing else; it is written even when the create's outcome is unknown). So a
+//! failed PUT leaves no blob visible by key, unless the store fails the take-back too (it is then
+//! likely unreachable): those bytes then stay reachable by their key, as the references a failed
+//! second round trip may leave written (the client got an error either way, as for a failed local
+//! commit: README "Failure modes").
 //!
 //! # Garbage collection, and why it cannot race a PUT
 //!
-//! A pass: (1) list `content/`, keep candidates older than [`ObjectStoreSettings::gc_grace`];
-//! (2) list the references, drop the candidates they name; (3) create a marker `gc/<key>` for each
-//! (create-only: a marker another pass holds makes this pass skip that content); (4) wait `S`;
-//! (5) list the references again, delete the content still unreferenced; (6) wait `S`; (7) delete
-//! the markers. `S` is the longest a PUT may take ([`ObjectStoreSettings::timeout`], plus a
-//! margin): a PUT that ran longer has failed.
+//! Content is *held* when a pin or a name names it, or it is its own key reference (`origin=key`
+//! and no unpin of its creation). A pass: (1) list `content/`, keep candidates older than
+//! [`ObjectStoreSettings::gc_grace`]; (2) list pins, names and unpins, drop the candidates named,
+//! then read the metadata of the rest (one HEAD each) and drop those held; (3) create a marker
+//! `gc/<key>` for each (create-only: a marker another pass holds makes this pass skip that
+//! content); (4) wait `S`; (5) list the references and read the metadata again (after the
+//! listings), delete the content still not held (nor younger than the grace period: content
+//! collected by another pass and created again); (6) wait `S`; (7) delete the markers; (8) delete
+//! every unpin older than `S` whose creation is gone: a HEAD of the content issued after the
+//! listing of unpins finds no object or one of another creation (creations are unique, so that
+//! one can never come back; the age lets a create request of a failed PUT that took it back land
+//! first). `S` is the longest a PUT may take ([`ObjectStoreSettings::timeout`], plus a margin): a
+//! PUT that ran longer has failed.
 //!
-//! Claim: no acknowledged PUT's content is deleted while its reference exists. A PUT of content
-//! `X` lists the markers at some time `h`, after it started (`s <= h`) and before it
-//! acknowledged (`end <= s + S`); it acknowledges only if the marker was absent at `h`. The marker
-//! exists from its creation `m` to its deletion `e`, so `h < m` or `h > e`.
+//! Claim: no acknowledged PUT's content is deleted while its reference exists. A pass deletes
+//! `X` at most once, at some `d`, holding its marker from its creation `m` to its deletion `e`
+//! (`m + S <= l5 < h5 < d <= e - S`, where `l5` is step 5's listing of references and `h5` its
+//! HEAD of `X`), and only if `h5` found an object at `X` that the references of `l5` do not hold.
+//! Markers are create-only, so no two passes hold one on `X` at the same time.
+//!
+//! *A PUT by key whose create succeeded*, at `c`, with a fresh creation `n`: its object is held
+//! from `c` on, unless a DELETE by key (or this PUT's own take-back, when it failed) writes
+//! `unpin/X/n`. If `h5 > c` and the HEAD sees that object, it is held: not deleted. If `h5 < c`,
+//! the object the HEAD saw was removed before `c` (the create succeeded). If this pass removed
+//! it, its one deletion came before `c` and ours is untouched. Otherwise another pass removed it,
+//! at some `d'` with `h5 < d' < c`, holding its marker then; for this pass's deletion to hit ours
+//! we would need `d > c`, so `m < h5 < d' < c < d <= e`: both passes held a marker on `X` at
+//! `d'`, impossible. (If `h5 > c` and ours had gone already, an earlier deletion took it: the same
+//! argument, for that deletion.) So this PUT needs no look at the markers at all.
+//!
+//! *Any other PUT* (a name, or a pin after a 412) of content `X` lists the markers at some time
+//! `h`, after it started (`s <= h`) and before it acknowledged (`end <= s + S`); it acknowledges
+//! only if the marker was absent at `h`, and its reference is written by `end`. So `h < m` or
+//! `h > e`.
 //! - `h < m`: the PUT ended by `h + S < m + S`, before step 5 lists the references, so that
 //!   listing sees its reference and `X` is not deleted.
-//! - `h > e`: the pass deleted `X` (if at all) at some `d <= e - S`, and the PUT started at
-//!   `s >= h - S > d`: its content upload (or the 412 saying `X` exists) came after the deletion.
+//! - `h > e`: the pass deleted `X` (if at all) at `d <= e - S`, and the PUT started at
+//!   `s >= h - S > d`: its upload (or the 412 saying `X` exists) came after the deletion.
 //!
-//! A PUT that finds a marker fails with [`MARKED`] in its message (content unreferenced for longer
-//! than the grace period and put again while a pass collects it: rare). The argument needs the
-//! listings to be strongly consistent (S3 is since 2020; SeaweedFS's filer is) and the clocks of
-//! the servers to run at about the same rate (durations only are compared, with a margin).
-//! A marker older than [`STALE_MARKER`] (a pass that died) is ignored by PUTs and removed by the
-//! next pass; a pass stops deleting well before that age.
+//! A DELETE by key's unpin only takes a reference away; a failed PUT's unpin names its own
+//! creation only. Step 8 never deletes an unpin that applies: the creation it names is gone for
+//! good. A PUT that finds a marker fails with [`MARKED`] in its message (content not held for
+//! longer than the grace period and put again while a pass collects it: rare). The argument needs
+//! the listings and HEADs to be strongly consistent (S3 is since 2020; SeaweedFS's filer is) and
+//! the clocks of the servers to run at about the same rate (durations only are compared, with a
+//! margin). A marker older than [`STALE_MARKER`] (a pass that died) is ignored by PUTs and removed
+//! by the next pass; a pass stops deleting well before that age.
+//!
+//! Cost: a pass reads the metadata of every content object older than the grace period that no
+//! pin or name holds (one HEAD each, [`ObjectStoreSettings::concurrency`] at a time), twice for
+//! those it marks; `recovery ls` reads that of every unpinned content object.
 //!
 //! # Runtime
 //!
@@ -78,8 +137,9 @@ use futures::FutureExt;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt,
+    ObjectStoreScheme, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 
 use crate::key::{BlobId, BlobKey, JobId};
@@ -90,6 +150,79 @@ pub const MARKED: &str = "is being garbage-collected in the recovery store";
 
 /// Age past which a garbage collection's marker is taken as left by a pass that died.
 pub const STALE_MARKER: Duration = Duration::from_secs(3600);
+
+/// User metadata of a content object (`x-amz-meta-origin`): `key` when a PUT by key created it
+/// (the object is then that key's reference), `name` otherwise.
+const ORIGIN: &str = "origin";
+/// User metadata naming one creation of a content object (`x-amz-meta-creation`).
+const CREATION: &str = "creation";
+
+/// A fresh creation id: 32 random hex digits (unique across servers and restarts).
+fn creation_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        crate::key::random_u64(),
+        crate::key::random_u64()
+    )
+}
+
+/// What a HEAD of a content object tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ContentState {
+    /// No such object.
+    Missing,
+    /// There.
+    Present {
+        /// Its creation, when a PUT by key created it (it is then its own key reference).
+        by_key: Option<String>,
+        /// When it was written (the store's clock), in ms since the epoch.
+        modified_ms: i64,
+    },
+}
+
+impl ContentState {
+    fn of(attributes: &Attributes, modified_ms: i64) -> ContentState {
+        let meta = |k: &'static str| attributes.get(&Attribute::Metadata(k.into()));
+        let by_key = match (meta(ORIGIN), meta(CREATION)) {
+            (Some(o), Some(c)) if &**o == "key" && !c.is_empty() => Some(c.to_string()),
+            _ => None,
+        };
+        ContentState::Present {
+            by_key,
+            modified_ms,
+        }
+    }
+}
+
+/// The references of a bucket, as listed at one time.
+#[derive(Debug, Default)]
+struct Refs {
+    /// Content keys with a `pin/`.
+    pins: BTreeSet<BlobKey>,
+    /// Named blobs and the content they name.
+    named: Vec<(BlobId, BlobKey)>,
+    /// Content keys named by a pin or a name.
+    held: BTreeSet<BlobKey>,
+    /// Unpinned creations, by content key.
+    unpins: BTreeMap<BlobKey, BTreeSet<String>>,
+}
+
+impl Refs {
+    /// Whether content `key` in `state` is held: named, pinned, or its own key reference.
+    fn holds(&self, key: &BlobKey, state: &ContentState) -> bool {
+        self.held.contains(key) || key_reference(state, self.unpins.get(key))
+    }
+}
+
+/// Whether content in `state` is its own key reference, given the unpinned creations of its key.
+fn key_reference(state: &ContentState, unpinned: Option<&BTreeSet<String>>) -> bool {
+    match state {
+        ContentState::Present {
+            by_key: Some(c), ..
+        } => !unpinned.is_some_and(|u| u.contains(c)),
+        _ => false,
+    }
+}
 
 /// How the object-store backend is tuned; [`Default`] gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -443,6 +576,10 @@ impl Backend {
         self.path(&format!("gc/{key}"))
     }
 
+    fn unpin_path(&self, key: &BlobKey, creation: &str) -> ObjPath {
+        self.path(&format!("unpin/{key}/{creation}"))
+    }
+
     fn ref_path(&self, id: &BlobId) -> ObjPath {
         match id {
             BlobId::Content(k) => self.path(&format!("pin/{k}")),
@@ -477,8 +614,79 @@ impl Backend {
         }
     }
 
-    /// Uploads one content object unless it is there already.
-    async fn upload_content(&self, item: &RecoveryItem<'_>) -> Result<(), String> {
+    /// What a HEAD of `content/<key>` says.
+    async fn content_state(&self, key: &BlobKey) -> Result<ContentState, String> {
+        let path = self.content_path(key);
+        match self
+            .store
+            .get_opts(&path, GetOptions::new().with_head(true))
+            .await
+        {
+            Ok(r) => Ok(ContentState::of(
+                &r.attributes,
+                r.meta.last_modified.timestamp_millis(),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(ContentState::Missing),
+            Err(e) => Err(format!("reading the metadata of {path}: {e}")),
+        }
+    }
+
+    /// The states of the content objects of `keys`, concurrently.
+    async fn content_states(
+        &self,
+        keys: impl IntoIterator<Item = BlobKey>,
+    ) -> Result<BTreeMap<BlobKey, ContentState>, String> {
+        let jobs: Vec<Job<'_, (BlobKey, ContentState)>> = keys
+            .into_iter()
+            .map(|k| async move { Ok((k, self.content_state(&k).await?)) }.boxed())
+            .collect();
+        Ok(all(jobs, self.settings.concurrency)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// The unpinned creations of `key` (one listing of `unpin/<key>/`).
+    async fn unpins_of(&self, key: &BlobKey) -> Result<BTreeSet<String>, String> {
+        Ok(self
+            .list_paths(&format!("unpin/{key}"))
+            .await?
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Whether a pin exists for `key`.
+    async fn pinned(&self, key: &BlobKey) -> Result<bool, String> {
+        let path = self.ref_path(&BlobId::Content(*key));
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(format!("reading {path}: {e}")),
+        }
+    }
+
+    /// Whether `key` is reachable by key (module docs, "Layout"): the content's metadata, its pin
+    /// and its unpins asked concurrently, one round trip.
+    async fn reachable_by_key(&self, key: &BlobKey) -> Result<bool, String> {
+        let (state, pinned, unpins) = futures::join!(
+            self.content_state(key),
+            self.pinned(key),
+            self.unpins_of(key)
+        );
+        let state = state?;
+        Ok(state != ContentState::Missing && (pinned? || key_reference(&state, Some(&unpins?))))
+    }
+
+    /// Uploads one content object unless it is there already. `creation` is given for content a
+    /// PUT by key creates: it then carries `origin=key`. `Ok(true)`: this upload created the
+    /// object with that creation, which is then its own key reference; `Ok(false)`: a pin is
+    /// needed for a PUT by key (the content was there, or went up in parts).
+    async fn upload_content(
+        &self,
+        item: &RecoveryItem<'_>,
+        creation: Option<&str>,
+    ) -> Result<bool, String> {
         let path = self.content_path(&item.key);
         let len = item.data.len();
         let s = &self.settings;
@@ -491,27 +699,45 @@ impl Backend {
         };
         if len <= s.part_size as u64 {
             let payload = PutPayload::from(read(0, len as usize)?);
+            let attributes = match creation {
+                Some(c) => Attributes::from_iter([
+                    (Attribute::Metadata(ORIGIN.into()), "key".to_owned()),
+                    (Attribute::Metadata(CREATION.into()), c.to_owned()),
+                ]),
+                None => {
+                    Attributes::from_iter([(Attribute::Metadata(ORIGIN.into()), "name".to_owned())])
+                }
+            };
             let opts = PutOptions {
                 mode: PutMode::Create,
+                attributes,
                 ..Default::default()
             };
             return match self.store.put_opts(&path, payload, opts).await {
+                Ok(_) => Ok(creation.is_some()),
                 // Same key, same bytes: what is there is what we would write.
-                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-                Err(object_store::Error::Precondition { .. }) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(false),
                 Err(e) => Err(format!("uploading {path}: {e}")),
             };
         }
         // Large: skip the upload when the content is there (an overwrite would be harmless,
-        // but costs the whole transfer again).
+        // but costs the whole transfer again). No `origin=key`: a completion may overwrite.
         if let Ok(meta) = self.store.head(&path).await
             && meta.size == len
         {
-            return Ok(());
+            return Ok(false);
         }
+        let opts = PutMultipartOptions {
+            attributes: Attributes::from_iter([(
+                Attribute::Metadata(ORIGIN.into()),
+                "name".to_owned(),
+            )]),
+            ..Default::default()
+        };
         let upload = self
             .store
-            .put_multipart_opts(&path, PutMultipartOptions::default())
+            .put_multipart_opts(&path, opts)
             .await
             .map_err(|e| format!("starting the multipart upload of {path}: {e}"))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, s.part_size);
@@ -534,7 +760,7 @@ impl Backend {
         }
         w.finish()
             .await
-            .map(|_| ())
+            .map(|_| false)
             .map_err(|e| format!("completing the multipart upload of {path}: {e}"))
     }
 
@@ -559,22 +785,85 @@ impl Backend {
     }
 
     async fn put_batch(&self, items: &[RecoveryItem<'_>]) -> Result<(), String> {
-        let c = self.settings.concurrency.max(1);
-        // Each distinct content once.
+        // Each distinct content once; a fresh creation for content a PUT by key may create (small
+        // enough for a create-only upload).
         let mut seen = HashSet::new();
-        let distinct: Vec<&RecoveryItem<'_>> =
-            items.iter().filter(|i| seen.insert(i.key)).collect();
-        let uploads: Vec<Job<'_, ()>> = distinct
+        let distinct: Vec<(&RecoveryItem<'_>, Option<String>)> = items
             .iter()
-            .map(|&i| self.upload_content(i).boxed())
+            .filter(|i| seen.insert(i.key))
+            .map(|i| {
+                let by_key = items
+                    .iter()
+                    .any(|j| j.key == i.key && matches!(j.id, BlobId::Content(_)));
+                let small = i.data.len() <= self.settings.part_size as u64;
+                (i, (by_key && small).then(creation_id))
+            })
             .collect();
-        let keys: Vec<BlobKey> = distinct.iter().map(|i| i.key).collect();
-        let (up, mk) = futures::join!(all(uploads, c), self.check_markers(&keys));
-        up?;
-        mk?;
-        // Content is all there: now the references.
-        let refs: Vec<Job<'_, ()>> = items
+        let limit = self.settings.timeout * 3 / 4;
+        let outcome = tokio::time::timeout(limit, self.put_objects(items, &distinct)).await;
+        let error = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => format!(
+                "no answer within {limit:?} (timed out; the endpoint is unreachable or too slow)"
+            ),
+        };
+        // Take back what this PUT may have created by key: no blob of a failed PUT is visible.
+        let tried: Vec<(BlobKey, &str)> = distinct
             .iter()
+            .filter_map(|(i, c)| Some((i.key, c.as_deref()?)))
+            .collect();
+        self.take_back(&tried).await;
+        Err(error)
+    }
+
+    /// The two round trips of a PUT (module docs, "A PUT").
+    async fn put_objects(
+        &self,
+        items: &[RecoveryItem<'_>],
+        distinct: &[(&RecoveryItem<'_>, Option<String>)],
+    ) -> Result<(), String> {
+        let c = self.settings.concurrency.max(1);
+        let uploads: Vec<Job<'_, (BlobKey, bool)>> = distinct
+            .iter()
+            .map(|(i, creation)| {
+                async move { Ok((i.key, self.upload_content(i, creation.as_deref()).await?)) }
+                    .boxed()
+            })
+            .collect();
+        // Named items always write a reference afterwards: check the markers now, beside the
+        // uploads. Content a PUT by key creates needs no check (module docs, "Garbage
+        // collection"): a batch of such PUTs makes no other request.
+        let named = items.iter().any(|i| matches!(i.id, BlobId::Named(..)));
+        let keys: Vec<BlobKey> = distinct.iter().map(|(i, _)| i.key).collect();
+        let check = async {
+            match named {
+                true => self.check_markers(&keys).await,
+                false => Ok(()),
+            }
+        };
+        let (up, mk) = futures::join!(all(uploads, c), check);
+        let own: HashSet<BlobKey> = up?
+            .into_iter()
+            .filter(|&(_, o)| o)
+            .map(|(k, _)| k)
+            .collect();
+        mk?;
+        // Content is all there: now the references still missing.
+        let missing: Vec<&RecoveryItem<'_>> = items
+            .iter()
+            .filter(|i| !(matches!(i.id, BlobId::Content(_)) && own.contains(&i.key)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if !named {
+            // Pins of content found there: checked before they are written.
+            let keys: Vec<BlobKey> = missing.iter().map(|i| i.key).collect();
+            self.check_markers(&keys).await?;
+        }
+        let refs: Vec<Job<'_, ()>> = missing
+            .into_iter()
             .map(|i| {
                 let path = self.ref_path(&i.id);
                 let body = match &i.id {
@@ -594,6 +883,25 @@ impl Backend {
         all(refs, c).await.map(|_| ())
     }
 
+    /// Unpins the creations `tried` of a failed PUT (best effort: failures are logged).
+    async fn take_back(&self, tried: &[(BlobKey, &str)]) {
+        let jobs: Vec<Job<'_, ()>> = tried
+            .iter()
+            .map(|&(key, creation)| {
+                async move {
+                    let path = self.unpin_path(&key, creation);
+                    if let Err(e) = self.store.put(&path, PutPayload::default()).await {
+                        tracing::warn!(location = %self.location, key = %key, error = %e,
+                            "cannot take back the content of a failed PUT; it stays reachable by its key");
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
+            .collect();
+        let _ = all(jobs, self.settings.concurrency).await;
+    }
+
     async fn list_paths(&self, under: &str) -> Result<Vec<object_store::ObjectMeta>, String> {
         let prefix = self.path(under);
         self.store
@@ -603,14 +911,56 @@ impl Backend {
             .map_err(|e| format!("listing {prefix}: {e}"))
     }
 
-    /// Every reference: its id and the content key it names.
-    async fn references(&self) -> Result<Vec<(BlobId, BlobKey)>, String> {
-        let mut out = Vec::new();
-        for meta in self.list_paths("pin").await? {
+    /// Every pin, name and unpin, listed concurrently (the names then read).
+    async fn refs(&self) -> Result<Refs, String> {
+        let (pins, named, unpins) = futures::join!(
+            self.list_paths("pin"),
+            self.named_refs(),
+            self.list_unpins()
+        );
+        let mut refs = Refs {
+            named: named?,
+            ..Refs::default()
+        };
+        for meta in pins? {
             if let Some(Ok(k)) = meta.location.filename().map(str::parse::<BlobKey>) {
-                out.push((BlobId::Content(k), k));
+                refs.pins.insert(k);
             }
         }
+        refs.held = refs
+            .pins
+            .iter()
+            .copied()
+            .chain(refs.named.iter().map(|(_, k)| *k))
+            .collect();
+        for (key, creation, _) in unpins? {
+            refs.unpins.entry(key).or_default().insert(creation);
+        }
+        Ok(refs)
+    }
+
+    /// Every unpin: its content key, creation and listing entry.
+    async fn list_unpins(
+        &self,
+    ) -> Result<Vec<(BlobKey, String, object_store::ObjectMeta)>, String> {
+        Ok(self
+            .list_paths("unpin")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let parts: Vec<String> =
+                    m.location.parts().map(|p| p.as_ref().to_owned()).collect();
+                let [.., key, creation] = parts.as_slice() else {
+                    return None;
+                };
+                let key = key.parse::<BlobKey>().ok()?;
+                Some((key, creation.clone(), m))
+            })
+            .collect())
+    }
+
+    /// Every named reference: its id and the content key it names.
+    async fn named_refs(&self) -> Result<Vec<(BlobId, BlobKey)>, String> {
         let named = self.list_paths("named").await?;
         let store = &*self.store;
         let ids: Vec<(BlobId, ObjPath)> = named
@@ -638,11 +988,121 @@ impl Backend {
             })
             .collect();
         let keys = all(reads, self.settings.concurrency.max(1)).await?;
-        out.extend(keys.into_iter().flatten());
-        Ok(out)
+        Ok(keys.into_iter().flatten().collect())
+    }
+
+    /// Every blob: names, pins, and content that is its own key reference (one HEAD per content
+    /// object no pin names).
+    async fn blobs(&self) -> Result<Vec<BlobId>, String> {
+        let refs = self.refs().await?;
+        let contents = self.content_keys().await?;
+        let unpinned: Vec<BlobKey> = contents
+            .into_iter()
+            .filter(|k| !refs.pins.contains(k))
+            .collect();
+        let states = self.content_states(unpinned).await?;
+        let mut ids: Vec<BlobId> = refs.named.into_iter().map(|(id, _)| id).collect();
+        ids.extend(refs.pins.iter().map(|k| BlobId::Content(*k)));
+        ids.extend(
+            states
+                .iter()
+                .filter(|(k, st)| key_reference(st, refs.unpins.get(k)))
+                .map(|(k, _)| BlobId::Content(*k)),
+        );
+        Ok(ids)
+    }
+
+    /// The keys of every content object.
+    async fn content_keys(&self) -> Result<Vec<BlobKey>, String> {
+        Ok(self
+            .list_paths("content")
+            .await?
+            .iter()
+            .filter_map(|m| m.location.filename()?.parse::<BlobKey>().ok())
+            .collect())
+    }
+
+    /// The candidates not held: named and pinned ones dropped first, the rest by their
+    /// metadata (read after `refs` was listed), and content younger than the grace period
+    /// (created again since it was listed).
+    async fn not_held(
+        &self,
+        candidates: impl IntoIterator<Item = BlobKey>,
+    ) -> Result<BTreeSet<BlobKey>, String> {
+        let refs = self.refs().await?;
+        let rest: Vec<BlobKey> = candidates
+            .into_iter()
+            .filter(|k| !refs.held.contains(k))
+            .collect();
+        let states = self.content_states(rest).await?;
+        let now = now_ms();
+        let grace = self.settings.gc_grace.as_millis() as i64;
+        Ok(states
+            .into_iter()
+            .filter(|(k, st)| match st {
+                ContentState::Missing => false,
+                ContentState::Present { modified_ms, .. } => {
+                    now - modified_ms >= grace && !refs.holds(k, st)
+                }
+            })
+            .map(|(k, _)| k)
+            .collect())
     }
 
     async fn gc_pass(&self) -> Result<GcReport, String> {
+        let report = self.collect().await?;
+        let unpins = self.remove_stale_unpins().await?;
+        if unpins > 0 {
+            tracing::info!(location = %self.location, unpins, "removed unpins of collected content");
+        }
+        Ok(report)
+    }
+
+    /// Step 8 of a pass (module docs): unpins older than `S` whose creation is gone.
+    async fn remove_stale_unpins(&self) -> Result<u64, String> {
+        let settle = gc_settle(&self.settings).as_millis() as i64;
+        let now = now_ms();
+        let old: Vec<(BlobKey, String, ObjPath)> = self
+            .list_unpins()
+            .await?
+            .into_iter()
+            .filter(|(_, _, m)| now - m.last_modified.timestamp_millis() > settle)
+            .map(|(k, c, m)| (k, c, m.location))
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        // Read after the listing: a creation found gone then is gone for good.
+        let states = self
+            .content_states(old.iter().map(|(k, _, _)| *k).collect::<BTreeSet<_>>())
+            .await?;
+        let stale: Vec<ObjPath> = old
+            .into_iter()
+            .filter(|(k, c, _)| match &states[k] {
+                ContentState::Missing => true,
+                ContentState::Present { by_key, .. } => by_key.as_deref() != Some(c.as_str()),
+            })
+            .map(|(_, _, p)| p)
+            .collect();
+        let n = stale.len() as u64;
+        let deletes: Vec<Job<'_, ()>> = stale
+            .into_iter()
+            .map(|path| {
+                async move {
+                    match self.store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                        Err(e) => Err(format!("deleting {path}: {e}")),
+                    }
+                }
+                .boxed()
+            })
+            .collect();
+        all(deletes, self.settings.concurrency).await?;
+        Ok(n)
+    }
+
+    /// Steps 1 to 7 of a pass (module docs).
+    async fn collect(&self) -> Result<GcReport, String> {
         let settle = gc_settle(&self.settings);
         let started = Instant::now();
         let mut report = GcReport::default();
@@ -656,7 +1116,7 @@ impl Backend {
         let contents = self.list_paths("content").await?;
         report.content_objects = contents.len() as u64;
         let grace = self.settings.gc_grace.as_millis() as i64;
-        let mut candidates: BTreeMap<BlobKey, ObjPath> = BTreeMap::new();
+        let mut paths: BTreeMap<BlobKey, ObjPath> = BTreeMap::new();
         for m in contents {
             let Some(Ok(key)) = m.location.filename().map(str::parse::<BlobKey>) else {
                 continue;
@@ -664,16 +1124,11 @@ impl Backend {
             if now - m.last_modified.timestamp_millis() < grace {
                 report.kept_young += 1;
             } else {
-                candidates.insert(key, m.location);
+                paths.insert(key, m.location);
             }
         }
-        let referenced: BTreeSet<BlobKey> = self
-            .references()
-            .await?
-            .into_iter()
-            .map(|(_, k)| k)
-            .collect();
-        candidates.retain(|k, _| !referenced.contains(k));
+        // (2) what no reference holds.
+        let candidates = self.not_held(paths.keys().copied()).await?;
         report.kept_referenced =
             report.content_objects - report.kept_young - candidates.len() as u64;
         if candidates.is_empty() {
@@ -683,7 +1138,7 @@ impl Backend {
         let c = self.settings.concurrency.max(1);
         let marks: Vec<futures::future::BoxFuture<'_, (BlobKey, Result<bool, String>)>> =
             candidates
-                .keys()
+                .iter()
                 .map(|&key| {
                     async move {
                         let opts = PutOptions {
@@ -724,20 +1179,14 @@ impl Backend {
         }
         // (4) every PUT that checked before a marker existed has ended.
         tokio::time::sleep(settle).await;
-        // (5) references again; delete what is still unreferenced.
+        // (5) references and metadata again; delete what is still not held.
         let result = async {
-            let referenced: BTreeSet<BlobKey> = self
-                .references()
-                .await?
-                .into_iter()
-                .map(|(_, k)| k)
-                .collect();
-            let doomed: Vec<&BlobKey> = marked.iter().filter(|k| !referenced.contains(k)).collect();
+            let doomed = self.not_held(marked.iter().copied()).await?;
             report.kept_referenced += (marked.len() - doomed.len()) as u64;
             let deletes: Vec<Job<'_, ()>> = doomed
-                .into_iter()
+                .iter()
                 .map(|key| {
-                    let path = &candidates[key];
+                    let path = &paths[key];
                     async move {
                         // A pass far slower than planned stops before its markers could look
                         // stale.
@@ -856,23 +1305,39 @@ impl RecoveryStore for ObjectRecoveryStore {
     }
 
     fn get(&self, id: &BlobId) -> Result<Option<Box<dyn Read + Send>>, RecoveryError> {
-        let store = Arc::clone(&self.0.store);
-        let ref_path = self.0.ref_path(id);
-        let id2 = id.clone();
         let this: &Backend = &self.0;
-        let content = |k: &BlobKey| this.content_path(k);
-        let found = self.0.run("reading", async move {
-            let Some(key) = Backend::read_ref(&*store, &ref_path, &id2).await? else {
-                return Ok::<_, String>(None);
-            };
-            let path = content(&key);
-            match store.get(&path).await {
-                Ok(r) => Ok(Some(r.into_stream())),
-                Err(object_store::Error::NotFound { .. }) => {
-                    Err(format!("{path} is missing although {ref_path} names it"))
+        let found = this.run("reading", async move {
+            let key = match id {
+                BlobId::Content(k) => *k,
+                BlobId::Named(..) => {
+                    let ref_path = this.ref_path(id);
+                    let Some(key) = Backend::read_ref(&*this.store, &ref_path, id).await? else {
+                        return Ok::<_, String>(None);
+                    };
+                    let path = this.content_path(&key);
+                    return match this.store.get(&path).await {
+                        Ok(r) => Ok(Some(r.into_stream())),
+                        Err(object_store::Error::NotFound { .. }) => {
+                            Err(format!("{path} is missing although {ref_path} names it"))
+                        }
+                        Err(e) => Err(format!("reading {path}: {e}")),
+                    };
                 }
-                Err(e) => Err(format!("reading {path}: {e}")),
-            }
+            };
+            // By key: the content (with its metadata), its pin and its unpins at once.
+            let path = this.content_path(&key);
+            let (content, pinned, unpins) = futures::join!(
+                this.store.get(&path),
+                this.pinned(&key),
+                this.unpins_of(&key)
+            );
+            let r = match content {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(format!("reading {path}: {e}")),
+            };
+            let state = ContentState::of(&r.attributes, r.meta.last_modified.timestamp_millis());
+            Ok((pinned? || key_reference(&state, Some(&unpins?))).then(|| r.into_stream()))
         })?;
         Ok(found.map(|stream| {
             Box::new(ObjectReader {
@@ -884,20 +1349,44 @@ impl RecoveryStore for ObjectRecoveryStore {
     }
 
     fn key_of(&self, id: &BlobId) -> Result<Option<BlobKey>, RecoveryError> {
-        let path = self.0.ref_path(id);
-        self.0.run(
-            "reading a reference",
-            Backend::read_ref(&*self.0.store, &path, id),
-        )
+        let this: &Backend = &self.0;
+        this.run("reading a reference", async move {
+            match id {
+                BlobId::Content(k) => Ok(this.reachable_by_key(k).await?.then_some(*k)),
+                BlobId::Named(..) => Backend::read_ref(&*this.store, &this.ref_path(id), id).await,
+            }
+        })
     }
 
     fn delete(&self, id: &BlobId) -> Result<(), RecoveryError> {
-        let path = self.0.ref_path(id);
-        self.0.run("deleting", async {
-            match self.0.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(format!("deleting {path}: {e}")),
+        let this: &Backend = &self.0;
+        let path = this.ref_path(id);
+        this.run("deleting", async {
+            let remove = async {
+                match this.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(format!("deleting {path}: {e}")),
+                }
+            };
+            let BlobId::Content(key) = id else {
+                return remove.await;
+            };
+            // By key: the pin goes, and content that is its own key reference gets an unpin of
+            // its creation.
+            let (state, removed) = futures::join!(this.content_state(key), remove);
+            removed?;
+            if let ContentState::Present {
+                by_key: Some(creation),
+                ..
+            } = state?
+            {
+                let unpin = this.unpin_path(key, &creation);
+                this.store
+                    .put(&unpin, PutPayload::default())
+                    .await
+                    .map_err(|e| format!("writing {unpin}: {e}"))?;
             }
+            Ok(())
         })
     }
 
@@ -925,11 +1414,7 @@ impl RecoveryStore for ObjectRecoveryStore {
 
     fn list(&self) -> Result<Vec<BlobId>, RecoveryError> {
         let this: &Backend = &self.0;
-        let mut ids: Vec<BlobId> = this
-            .run("listing", this.references())?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+        let mut ids: Vec<BlobId> = this.run("listing", this.blobs())?;
         ids.sort();
         Ok(ids)
     }
@@ -939,7 +1424,7 @@ impl RecoveryStore for ObjectRecoveryStore {
         let n = this.run("purging", async {
             // Only what this backend writes: a prefix may be shared (or be the bucket's root).
             let mut all = Vec::new();
-            for dir in ["pin", "named", "content", "gc"] {
+            for dir in ["pin", "unpin", "named", "content", "gc"] {
                 all.extend(this.list_paths(dir).await?);
             }
             let n = all.len();

@@ -656,6 +656,18 @@ impl Seaweed {
         );
     }
 
+    /// Deletes `key` in `bucket` through the filer's HTTP API.
+    pub fn filer_delete(&self, bucket: &str, key: &str) {
+        let filer = format!("127.0.0.1:{}", self.filer.http);
+        let path = encode_path(&format!("/buckets/{bucket}/{key}"));
+        let (status, body) = http_request(&filer, "DELETE", &path, "", b"")
+            .unwrap_or_else(|e| panic!("filer DELETE {path}: {e}"));
+        assert!(
+            (200..300).contains(&status),
+            "filer DELETE {path}: HTTP {status}: {body}"
+        );
+    }
+
     /// The bytes at `key` in `bucket` through the filer, or `None` when it answers 404.
     pub fn filer_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         let filer = format!("127.0.0.1:{}", self.filer.http);
