@@ -498,6 +498,8 @@ mod tests {
         between();
         txn.commit().unwrap();
         drop(frees);
+        // As the writer does after its commits.
+        shared.committed();
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod read;
 mod replica;
 pub(crate) mod schema;
 mod sim;
+mod snapshots;
 mod space;
 mod spool;
 mod verify;
@@ -302,7 +303,7 @@ impl StoreOptions {
 struct Found {
     /// The leases' epoch, read before `chunks`' snapshot began.
     epoch: u64,
-    chunks: redb::ReadOnlyTable<([u8; 20], u32), &'static [u8]>,
+    chunks: Arc<read::ChunkTable>,
     key: BlobKey,
     len: u64,
 }
@@ -345,6 +346,8 @@ pub(crate) struct Shared {
     db: Arc<handle::DbHandle>,
     /// What GETs in flight read, kept from the writer's frees (`lease.rs`).
     leases: Arc<Leases>,
+    /// The snapshot GETs share until the next commit (`snapshots.rs`).
+    snapshots: snapshots::Snapshots,
     /// The write-ahead log of a store on disk (`wal.rs`); `None` for a memory image.
     wal: Option<Arc<Mutex<wal::Wal>>>,
     /// The reserve for a full disk of a store on disk (`space.rs`); `None` for a memory image.
@@ -366,6 +369,8 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // No handle is left to GET: the writer's last commits need not keep a snapshot's pages.
+        self.shared.snapshots.advance();
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
@@ -548,6 +553,7 @@ impl BlobStore {
         let shared = Arc::new(Shared {
             db: Arc::new(db),
             leases,
+            snapshots: snapshots::Snapshots::new(),
             wal,
             spool_budget: spool::MemoryBudget::new(opts.spool_memory_total),
             space,
@@ -731,23 +737,19 @@ impl BlobStore {
         }
     }
 
-    /// The first half of [`get`](Self::get): finds the blob in a fresh snapshot.
+    /// The first half of [`get`](Self::get): finds the blob in a snapshot that holds every
+    /// write acknowledged before this call (shared with other GETs: `snapshots.rs`).
     fn find(&self, id: &BlobId) -> Result<Option<Found>, StoreError> {
-        // Read before the snapshot begins: see lease.rs for the race this closes.
-        let epoch = self.inner.shared.leases.epoch();
-        let txn = self.db()?.begin_read()?;
-        let content = txn.open_table(CONTENT)?;
+        let shared = &self.inner.shared;
+        let snap = shared.snapshots.get(&shared.db, &shared.leases)?;
         let key = match id {
             BlobId::Content(k) => *k,
-            BlobId::Named(job, name) => {
-                let named = txn.open_table(NAMED)?;
-                match named.get((job.0, name.as_str()))? {
-                    Some(k) => BlobKey(k.value()),
-                    None => return Ok(None),
-                }
-            }
+            BlobId::Named(job, name) => match snap.named()?.get((job.0, name.as_str()))? {
+                Some(k) => BlobKey(k.value()),
+                None => return Ok(None),
+            },
         };
-        let meta = match content.get(key.0)? {
+        let meta = match snap.content.get(key.0)? {
             Some(m) => ContentMeta::decode(&m.value()),
             None => return Ok(None),
         };
@@ -755,8 +757,9 @@ impl BlobStore {
             return Ok(None);
         }
         Ok(Some(Found {
-            epoch,
-            chunks: txn.open_table(CHUNKS)?,
+            // Read before the snapshot began, however long ago: see lease.rs.
+            epoch: snap.epoch,
+            chunks: Arc::clone(&snap.chunks),
             key,
             len: meta.len,
         }))
@@ -1006,7 +1009,15 @@ impl Shared {
     pub(crate) fn invalidate(&self) {
         // The reopen replays the log: the figures are counted again before the next commit.
         self.metrics.uncount();
-        self.db.invalidate()
+        self.db.invalidate();
+        // GETs stop reading the failed database (and writes the reopen may replay are seen).
+        self.snapshots.advance();
+    }
+
+    /// After the writer's commits, before it acknowledges any of their operations: later GETs
+    /// read a snapshot that holds them (`snapshots.rs`).
+    pub(crate) fn committed(&self) {
+        self.snapshots.advance();
     }
 }
 

@@ -144,7 +144,7 @@ impl std::fmt::Debug for Chunk {
     }
 }
 
-type ChunkTable = ReadOnlyTable<([u8; 20], u32), &'static [u8]>;
+pub(crate) type ChunkTable = ReadOnlyTable<([u8; 20], u32), &'static [u8]>;
 
 /// Blobs of at least this many chunks are hashed on a helper thread.
 const HELPER_MIN_CHUNKS: u32 = 16;
@@ -223,7 +223,7 @@ impl BlobReader {
     /// `verify` is set: each chunk's CRC-32C, or the SHA-1 of the whole blob in a store without
     /// checksums.
     pub(crate) fn new(
-        chunks: ChunkTable,
+        chunks: impl Into<Arc<ChunkTable>>,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -239,7 +239,7 @@ impl BlobReader {
     pub(crate) fn leased(
         db: Arc<DbHandle>,
         lease: Lease,
-        chunks: ChunkTable,
+        chunks: Arc<ChunkTable>,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -264,7 +264,7 @@ impl BlobReader {
     }
 
     fn with_checks(
-        chunks: ChunkTable,
+        chunks: impl Into<Arc<ChunkTable>>,
         live: Option<Live>,
         key: BlobKey,
         len: u64,
@@ -272,7 +272,7 @@ impl BlobReader {
         verify: bool,
         sha: bool,
     ) -> Self {
-        let chunks = Arc::new(chunks);
+        let chunks = chunks.into();
         let count = layout.chunk_count(len);
         // The helper keeps the first snapshot: it reads at disk speed and ends.
         let helper = (sha && count >= HELPER_MIN_CHUNKS)
@@ -493,6 +493,8 @@ mod tests {
             chunks.insert((key.0, i), v.as_slice()).unwrap();
         }
         txn.commit().unwrap();
+        // As the writer does after its commits: GETs see the damage.
+        store.inner.shared.committed();
     }
 
     fn read_all(store: &BlobStore, id: &BlobId) -> Result<Vec<u8>, StoreError> {

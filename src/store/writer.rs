@@ -113,6 +113,10 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             .filter(|r| matches!(r, Ok(Outcome::Repaired(_))))
             .count();
         shared.metrics.read_repairs.add(repaired as u64);
+        if writes {
+            // Before any reply: a GET after an acknowledged write reads it (snapshots.rs).
+            shared.committed();
+        }
         reply_all(batch, results);
         if writes && !durable {
             lazy.unsynced();
@@ -171,6 +175,8 @@ impl LazySync {
                 Ok(txn.commit()?)
             }
         });
+        // No shared snapshot stays across this commit (snapshots.rs).
+        shared.committed();
         if let Err(e) = result {
             // The commits since the last durable one are lost with the database's reopen, as a
             // crash would lose them.
