@@ -36,11 +36,11 @@ type NamedTable = ReadOnlyTable<([u8; 16], &'static str), [u8; 20]>;
 /// The shared snapshot of one store and the generation it is checked against.
 pub(crate) struct Snapshots {
     generation: AtomicU64,
-    current: Mutex<Option<Arc<Snapshot>>>,
+    current: Mutex<Option<Arc<SharedSnapshot>>>,
 }
 
 /// One read transaction with the tables GETs look in.
-pub(crate) struct Snapshot {
+pub(crate) struct SharedSnapshot {
     generation: u64,
     /// The leases' epoch, read before the transaction began.
     pub(crate) epoch: u64,
@@ -51,7 +51,7 @@ pub(crate) struct Snapshot {
     txn: Mutex<ReadTransaction>,
 }
 
-impl Snapshot {
+impl SharedSnapshot {
     /// The named table of this snapshot.
     pub(crate) fn named(&self) -> Result<&NamedTable, StoreError> {
         if let Some(t) = self.named.get() {
@@ -88,7 +88,11 @@ impl Snapshots {
     /// A snapshot that holds every write acknowledged before this call: the shared one if it is
     /// still current, else a fresh one (then shared, unless a commit advanced the generation
     /// while it opened).
-    pub(crate) fn get(&self, db: &DbHandle, leases: &Leases) -> Result<Arc<Snapshot>, StoreError> {
+    pub(crate) fn get(
+        &self,
+        db: &DbHandle,
+        leases: &Leases,
+    ) -> Result<Arc<SharedSnapshot>, StoreError> {
         let generation = self.generation.load(Ordering::SeqCst);
         if let Some(s) = lock(&self.current).as_ref()
             && s.generation == generation
@@ -99,7 +103,7 @@ impl Snapshots {
         let epoch = leases.epoch();
         let generation = self.generation.load(Ordering::SeqCst);
         let txn = db.get()?.begin_read()?;
-        let fresh = Arc::new(Snapshot {
+        let fresh = Arc::new(SharedSnapshot {
             generation,
             epoch,
             content: txn.open_table(CONTENT)?,
