@@ -160,9 +160,6 @@ mod tests {
         );
         assert!(store.contains(&id).unwrap());
         assert!(shared.snapshots.is_shared(), "a GET shares its snapshot");
-        // A barrier commits nothing: the snapshot stays shared.
-        store.sync().unwrap();
-        assert!(shared.snapshots.is_shared());
         // A failed commit, and a failure outside the writer, drop it too.
         faults.fail_writes();
         assert!(store.put(b"lost").is_err());

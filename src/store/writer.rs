@@ -106,6 +106,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             .iter()
             .any(|op| !matches!(op, WriteOp::Barrier { .. }));
         let (results, durable) = process(&shared, &batch);
+        // Before any reply: a GET after an acknowledged write reads it (snapshots.rs). Barriers
+        // too: they commit the frees of released content.
+        shared.committed();
         // Counted once committed, and only the repairs that applied (a concurrent GET's repair
         // of the same blob, or a newer write, vetoes the others).
         let repaired = results
@@ -113,10 +116,6 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             .filter(|r| matches!(r, Ok(Outcome::Repaired(_))))
             .count();
         shared.metrics.read_repairs.add(repaired as u64);
-        if writes {
-            // Before any reply: a GET after an acknowledged write reads it (snapshots.rs).
-            shared.committed();
-        }
         reply_all(batch, results);
         if writes && !durable {
             lazy.unsynced();
