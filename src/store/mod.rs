@@ -1,9 +1,10 @@
 //! The blob store: every blob chunked into one redb database.
 //!
 //! Writes go through one writer thread that commits whatever PUTs and DELETEs are queued in one
-//! transaction (group commit), so concurrent uploads share one fsync. Reads stream chunk by chunk
-//! from short-lived read transactions, the blob's content leased against deletion meanwhile: a
-//! GET in flight when its blob is deleted finishes whole, a new GET does not find it (`read.rs`,
+//! transaction (group commit), so concurrent uploads share one fsync. GETs find their blob in a
+//! snapshot shared until the next commit (`snapshots.rs`), then stream it chunk by chunk from
+//! short-lived read transactions, the blob's content leased against deletion meanwhile: a GET in
+//! flight when its blob is deleted finishes whole, a new GET does not find it (`read.rs`,
 //! `lease.rs`). See `schema.rs` for the tables and the reference-counting rule.
 
 mod crc;
