@@ -1,9 +1,10 @@
 //! The blob store: every blob chunked into one redb database.
 //!
 //! Writes go through one writer thread that commits whatever PUTs and DELETEs are queued in one
-//! transaction (group commit), so concurrent uploads share one fsync. Reads stream chunk by chunk
-//! from short-lived read transactions, the blob's content leased against deletion meanwhile: a
-//! GET in flight when its blob is deleted finishes whole, a new GET does not find it (`read.rs`,
+//! transaction (group commit), so concurrent uploads share one fsync. GETs find their blob in a
+//! snapshot shared until the next commit (`snapshots.rs`), then stream it chunk by chunk from
+//! short-lived read transactions, the blob's content leased against deletion meanwhile: a GET in
+//! flight when its blob is deleted finishes whole, a new GET does not find it (`read.rs`,
 //! `lease.rs`). See `schema.rs` for the tables and the reference-counting rule.
 
 mod crc;
@@ -18,6 +19,7 @@ mod read;
 mod replica;
 pub(crate) mod schema;
 mod sim;
+mod snapshots;
 mod space;
 mod spool;
 #[cfg(test)]
@@ -305,7 +307,7 @@ impl StoreOptions {
 struct Found {
     /// The leases' epoch, read before `chunks`' snapshot began.
     epoch: u64,
-    chunks: read::Snapshot,
+    chunks: Arc<read::Snapshot>,
     key: BlobKey,
     len: u64,
 }
@@ -350,6 +352,8 @@ pub(crate) struct Shared {
     db: Arc<handle::DbHandle>,
     /// What GETs in flight read, kept from the writer's frees (`lease.rs`).
     leases: Arc<Leases>,
+    /// The snapshot GETs share until the next commit (`snapshots.rs`).
+    snapshots: snapshots::Snapshots,
     /// The write-ahead log of a store on disk (`wal.rs`); `None` for a memory image.
     wal: Option<Arc<Mutex<wal::Wal>>>,
     /// The reserve for a full disk of a store on disk (`space.rs`); `None` for a memory image.
@@ -371,6 +375,8 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // No handle is left to GET: the writer's last commits need not keep a snapshot's pages.
+        self.shared.snapshots.advance();
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
@@ -553,6 +559,7 @@ impl BlobStore {
         let shared = Arc::new(Shared {
             db: Arc::new(db),
             leases,
+            snapshots: snapshots::Snapshots::new(),
             wal,
             spool_budget: spool::MemoryBudget::new(opts.spool_memory_total),
             space,
@@ -736,23 +743,21 @@ impl BlobStore {
         }
     }
 
-    /// The first half of [`get`](Self::get): finds the blob in a fresh snapshot.
+    /// The first half of [`get`](Self::get): finds the blob in a snapshot that holds every
+    /// write acknowledged before this call (shared with other GETs: `snapshots.rs`).
     fn find(&self, id: &BlobId) -> Result<Option<Found>, StoreError> {
-        // Read before the snapshot begins: see lease.rs for the race this closes.
-        let epoch = self.inner.shared.leases.epoch();
-        let txn = self.db()?.begin_read()?;
-        let content = txn.open_table(CONTENT)?;
+        let shared = &self.inner.shared;
+        let snap = shared
+            .snapshots
+            .get(&shared.db, &shared.leases, shared.layout)?;
         let key = match id {
             BlobId::Content(k) => *k,
-            BlobId::Named(job, name) => {
-                let named = txn.open_table(NAMED)?;
-                match named.get((job.0, name.as_str()))? {
-                    Some(k) => BlobKey(k.value()),
-                    None => return Ok(None),
-                }
-            }
+            BlobId::Named(job, name) => match snap.named()?.get((job.0, name.as_str()))? {
+                Some(k) => BlobKey(k.value()),
+                None => return Ok(None),
+            },
         };
-        let meta = match content.get(key.0)? {
+        let meta = match snap.content.get(key.0)? {
             Some(m) => ContentMeta::decode(&m.value()),
             None => return Ok(None),
         };
@@ -760,8 +765,9 @@ impl BlobStore {
             return Ok(None);
         }
         Ok(Some(Found {
-            epoch,
-            chunks: read::Snapshot::open(&txn, self.inner.shared.layout, meta.len)?,
+            // Read before the snapshot began, however long ago: see lease.rs.
+            epoch: snap.epoch,
+            chunks: Arc::clone(&snap.chunks),
             key,
             len: meta.len,
         }))
@@ -1027,7 +1033,15 @@ impl Shared {
     pub(crate) fn invalidate(&self) {
         // The reopen replays the log: the figures are counted again before the next commit.
         self.metrics.uncount();
-        self.db.invalidate()
+        self.db.invalidate();
+        // GETs stop reading the failed database (and writes the reopen may replay are seen).
+        self.snapshots.advance();
+    }
+
+    /// After the writer's commits, before it acknowledges any of their operations: later GETs
+    /// read a snapshot that holds them (`snapshots.rs`).
+    pub(crate) fn committed(&self) {
+        self.snapshots.advance();
     }
 }
 

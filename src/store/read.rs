@@ -154,6 +154,18 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// The tables of `txn` a reader of any blob of the store may need (shared by GETs:
+    /// `snapshots.rs`).
+    pub(crate) fn open_all(txn: &ReadTransaction, layout: Layout) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot {
+            chunks: txn.open_table(CHUNKS)?,
+            tails: match layout.tails {
+                true => Some(txn.open_table(TAILS)?),
+                false => None,
+            },
+        })
+    }
+
     /// The tables of `txn` a reader of a blob of `len` bytes needs.
     pub(crate) fn open(
         txn: &ReadTransaction,
@@ -303,7 +315,7 @@ impl BlobReader {
     /// `verify` is set: each chunk's CRC-32C, or the SHA-1 of the whole blob in a store without
     /// checksums.
     pub(crate) fn new(
-        chunks: Snapshot,
+        chunks: impl Into<Arc<Snapshot>>,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -319,7 +331,7 @@ impl BlobReader {
     pub(crate) fn leased(
         db: Arc<DbHandle>,
         lease: Lease,
-        chunks: Snapshot,
+        chunks: impl Into<Arc<Snapshot>>,
         key: BlobKey,
         len: u64,
         layout: Layout,
@@ -344,7 +356,7 @@ impl BlobReader {
     }
 
     fn with_checks(
-        chunks: Snapshot,
+        chunks: impl Into<Arc<Snapshot>>,
         live: Option<Live>,
         key: BlobKey,
         len: u64,
@@ -352,7 +364,7 @@ impl BlobReader {
         verify: bool,
         sha: bool,
     ) -> Self {
-        let chunks = Arc::new(chunks);
+        let chunks = chunks.into();
         let count = layout.chunk_count(len);
         // The helper keeps the first snapshot: it reads at disk speed and ends.
         let helper = (sha && count >= HELPER_MIN_CHUNKS)
@@ -586,6 +598,8 @@ mod tests {
             chunks.insert((key.0, i), v.as_slice()).unwrap();
         }
         txn.commit().unwrap();
+        // As the writer does after its commits: GETs see the damage.
+        store.inner.shared.committed();
     }
 
     fn read_all(store: &BlobStore, id: &BlobId) -> Result<Vec<u8>, StoreError> {

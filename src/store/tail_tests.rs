@@ -171,6 +171,8 @@ fn damage_tail(store: &BlobStore, key: BlobKey, at: usize) {
         t.insert(key.0.as_slice(), v.as_slice()).unwrap();
     }
     txn.commit().unwrap();
+    // As the writer does after its commits: GETs see the change (snapshots.rs).
+    store.inner.shared.committed();
 }
 
 #[test]
@@ -216,6 +218,8 @@ fn damage_in_a_tail_is_caught_by_its_checksum_and_by_verify() {
     t.insert(&[9u8; 20][..], &[1u8, 2, 3, 4, 5][..]).unwrap();
     drop(t);
     txn.commit().unwrap();
+    // As the writer does after its commits: GETs see the change (snapshots.rs).
+    store.inner.shared.committed();
     let e = get(&store, ka).unwrap_err();
     assert!(e.to_string().contains("tail of chunk 0 is missing"), "{e}");
     let report = store.verify().unwrap();

@@ -109,6 +109,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<WriteOp>) {
             .iter()
             .any(|op| !matches!(op, WriteOp::Barrier { .. }));
         let (results, durable) = process(&shared, &batch);
+        // Before any reply: a GET after an acknowledged write reads it (snapshots.rs). Barriers
+        // too: they commit the frees of released content.
+        shared.committed();
         // Counted once committed, and only the repairs that applied (a concurrent GET's repair
         // of the same blob, or a newer write, vetoes the others).
         let repaired = results
@@ -197,6 +200,8 @@ impl LazySync {
                 Ok(txn.commit()?)
             }
         });
+        // No shared snapshot stays across this commit (snapshots.rs).
+        shared.committed();
         if let Err(e) = result {
             // The commits since the last durable one are lost with the database's reopen, as a
             // crash would lose them.
