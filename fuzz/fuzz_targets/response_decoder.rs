@@ -15,7 +15,12 @@ enum Ev {
     Error(String),
 }
 
-const EXPECTS: [Expect; 4] = [Expect::PutContent, Expect::PutNamed, Expect::Get, Expect::Delete];
+const EXPECTS: [Expect; 4] = [
+    Expect::PutContent,
+    Expect::PutNamed,
+    Expect::Get,
+    Expect::Delete,
+];
 
 /// Decodes a stream of responses, the n-th expected as `EXPECTS[selectors[n] % 4]`.
 fn decode(input: &[u8], selectors: &[u8], step: usize) -> (Vec<Ev>, bool) {
@@ -29,7 +34,10 @@ fn decode(input: &[u8], selectors: &[u8], step: usize) -> (Vec<Ev>, bool) {
         loop {
             if dec.is_done() {
                 n += 1;
-                let sel = selectors.get(n % selectors.len().max(1)).copied().unwrap_or(2);
+                let sel = selectors
+                    .get(n % selectors.len().max(1))
+                    .copied()
+                    .unwrap_or(2);
                 dec = ResponseDecoder::new(EXPECTS[sel as usize % 4]);
             }
             let (used, ev) = match dec.decode(piece) {

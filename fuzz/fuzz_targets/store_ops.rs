@@ -198,7 +198,11 @@ fn without_power_cut(data: &[u8]) {
     }
     assert_eq!(store.list().expect("list"), vec![]);
     let stats = store.stats().expect("stats");
-    assert_eq!((stats.contents, stats.chunks, stats.tails), (0, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.contents, stats.chunks, stats.tails),
+        (0, 0, 0),
+        "{stats:?}"
+    );
     *slot = Some((image, store));
 }
 

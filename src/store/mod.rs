@@ -1082,6 +1082,13 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
         let (layout, mut created) = match existing {
             Some(chunk_size) => {
                 let format = settings.get(CHUNK_FORMAT_SETTING)?.map(|v| v.value());
+                // Format 2 keeps its chunk size apart, 0 in the old key (see schema.rs).
+                let chunk_size = match format {
+                    Some(CHUNK_FORMAT_TAILS) => {
+                        settings.get(CHUNK_SIZE_2_SETTING)?.map_or(0, |v| v.value())
+                    }
+                    _ => chunk_size,
+                };
                 if let Some(f) = format.filter(|&f| f > CHUNK_FORMAT_TAILS) {
                     return Err(StoreError::Storage(format!(
                         "chunk format {f} of this store is newer than this build reads \
@@ -1096,7 +1103,8 @@ pub(crate) fn init_schema(db: &Database, chunk_size: u64) -> Result<Layout, Stor
                 (layout, false)
             }
             None => {
-                settings.insert(CHUNK_SIZE_SETTING, chunk_size)?;
+                settings.insert(CHUNK_SIZE_SETTING, 0)?;
+                settings.insert(CHUNK_SIZE_2_SETTING, chunk_size)?;
                 settings.insert(CHUNK_FORMAT_SETTING, CHUNK_FORMAT_TAILS)?;
                 txn.open_table(TAILS)?;
                 let layout = Layout {

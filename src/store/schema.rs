@@ -22,7 +22,13 @@ pub(crate) const PENDING_FREE: TableDefinition<[u8; 20], u64> =
 /// Store-wide settings fixed at creation (the chunk size).
 pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
 
+/// The chunk size of a store of chunk format 0 or 1. A store of format 2 keeps 0 here, which
+/// builds before format 2 refuse at open ("invalid chunk size 0") before writing anything: they
+/// would take format 2 for "no checksums" and write chunks it cannot read. Its chunk size is
+/// under [`CHUNK_SIZE_2_SETTING`].
 pub(crate) const CHUNK_SIZE_SETTING: &str = "chunk_size";
+/// The chunk size of a store of chunk format 2 (see [`CHUNK_SIZE_SETTING`]).
+pub(crate) const CHUNK_SIZE_2_SETTING: &str = "chunk_size.format2";
 /// How chunks are stored: absent or 0, the bytes alone; 1, the bytes then their CRC-32C
 /// ([`super::crc::chunk_crc`], 4 bytes little-endian); 2, as 1, and a last chunk that would
 /// overflow its page run is split into a head and a tail (`TAILS`, [`Layout::split`]). New stores
@@ -30,6 +36,10 @@ pub(crate) const CHUNK_SIZE_SETTING: &str = "chunk_size";
 pub(crate) const CHUNK_FORMAT_SETTING: &str = "chunk_format";
 pub(crate) const CHUNK_FORMAT_CRC: u64 = 1;
 pub(crate) const CHUNK_FORMAT_TAILS: u64 = 2;
+
+// PAGE, CHUNK_LEAF_OVERHEAD and TAIL_MAX decide where every split blob of a format-2 store has
+// its bytes: they are part of format 2. Should redb's leaf format change (the test of
+// CHUNK_LEAF_OVERHEAD fails), new values need a new format number, never an edit of these.
 
 /// redb's page: a leaf takes a run of 2^k of them.
 const PAGE: u64 = 4096;
