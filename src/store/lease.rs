@@ -513,8 +513,22 @@ mod tests {
     /// Deletes `key` the way the writer does, in a transaction of this thread; `between` runs
     /// after the free is decided and before the commit.
     fn delete_with(store: &BlobStore, key: BlobKey, between: impl FnOnce()) {
-        let shared = &store.inner.shared;
         store.sync().unwrap(); // the writer is idle: this thread's transaction is the only one
+        commit_delete(store, key, between);
+        // As the writer does after its commits.
+        store.inner.shared.committed();
+    }
+
+    /// Deletes `key` as the writer does, up to the end of its commit: the shared snapshot is
+    /// not dropped yet (the writer's window between a commit and its replies).
+    fn delete_unannounced(store: &BlobStore, key: BlobKey) {
+        // No sync(): a barrier drops the shared snapshot too. A write the writer is still
+        // committing holds redb's write lock, which `begin_write` waits for.
+        commit_delete(store, key, || {});
+    }
+
+    fn commit_delete(store: &BlobStore, key: BlobKey, between: impl FnOnce()) {
+        let shared = &store.inner.shared;
         let db = store.db().unwrap();
         let frees = shared.leases.batch();
         let txn = db.begin_write().unwrap();
@@ -523,25 +537,6 @@ mod tests {
             .delete(&DeleteTarget::Content(key))
             .unwrap();
         between();
-        txn.commit().unwrap();
-        drop(frees);
-        // As the writer does after its commits.
-        shared.committed();
-    }
-
-    /// Deletes `key` as the writer does, up to the end of its commit: the shared snapshot is
-    /// not dropped yet (the writer's window between a commit and its replies).
-    fn delete_unannounced(store: &BlobStore, key: BlobKey) {
-        let shared = &store.inner.shared;
-        // No sync(): a barrier drops the shared snapshot too. A write the writer is still
-        // committing holds redb's write lock, which `begin_write` waits for.
-        let db = store.db().unwrap();
-        let frees = shared.leases.batch();
-        let txn = db.begin_write().unwrap();
-        Tables::open_leased(&txn, shared.layout, Arc::clone(&frees))
-            .unwrap()
-            .delete(&DeleteTarget::Content(key))
-            .unwrap();
         txn.commit().unwrap();
         drop(frees);
     }
