@@ -1074,6 +1074,32 @@ mod object_gc {
         e
     }
 
+    /// The layout record: a bucket of a layout this build does not know, or one whose objects
+    /// lost their user metadata (a copy that drops it: here a write through the filer), is
+    /// refused at open, naming the record and what to do.
+    #[test]
+    fn a_bucket_of_an_unknown_layout_or_without_metadata_is_refused_at_open() {
+        let Some(sw) = Seaweed::shared("layout") else {
+            return;
+        };
+        let bucket = sw.new_bucket("layout");
+        let uri = sw.uri(&bucket, "ha");
+        sw.filer_put(&bucket, "ha/layout", b"3");
+        let e = open_err(sw, &uri, |_| {});
+        assert!(e.contains("ha/layout") && e.contains("\"3\""), "{e}");
+        assert!(e.contains("does not know"), "{e}");
+        // Layout 2 without its metadata: the bucket was copied by something that drops it.
+        sw.filer_put(&bucket, "ha/layout", b"2");
+        let e = open_err(sw, &uri, |_| {});
+        assert!(e.contains("lost its user metadata"), "{e}");
+        // A bucket with no record gets one, with its metadata, and opens; the next open reads
+        // it back, metadata included.
+        let fresh = sw.uri(&bucket, "fresh");
+        let open = || ObjectRecoveryStore::open(&object_config(sw, &fresh, fast_settings()));
+        open().expect("first open writes the record");
+        open().expect("the next open reads it back");
+    }
+
     #[test]
     fn bad_credentials_a_missing_bucket_or_no_endpoint_fail_at_open_naming_endpoint_and_bucket() {
         let Some(sw) = Seaweed::shared("open_errors") else {

@@ -156,6 +156,9 @@ pub const STALE_MARKER: Duration = Duration::from_secs(3600);
 const ORIGIN: &str = "origin";
 /// User metadata naming one creation of a content object (`x-amz-meta-creation`).
 const CREATION: &str = "creation";
+/// The layout this code writes, recorded in `P/layout` (body and `x-amz-meta-layout`). Layout 1,
+/// a pin per PUT by key, wrote no such object; its buckets are read as they are.
+const LAYOUT: &str = "2";
 
 /// A fresh creation id: 32 random hex digits (unique across servers and restarts).
 fn creation_id() -> String {
@@ -504,7 +507,83 @@ impl Backend {
         let store = Arc::clone(&self.store);
         self.run("opening it", async move {
             store.list_with_delimiter(Some(&prefix)).await.map(|_| ())
-        })
+        })?;
+        self.check_layout()
+    }
+
+    /// Records this layout in `P/layout` and checks it: a bucket of a newer layout is refused,
+    /// and so is a store (or a copy of the bucket) that does not keep user metadata, which
+    /// says which content objects are their own key references (module docs, "Layout").
+    fn check_layout(&self) -> Result<(), RecoveryError> {
+        let path = self.path("layout");
+        let found = self.run("reading its layout", async {
+            match self.store.get(&path).await {
+                Ok(r) => {
+                    let meta = r
+                        .attributes
+                        .get(&Attribute::Metadata("layout".into()))
+                        .cloned();
+                    let body = r.bytes().await?;
+                    Ok(Some((String::from_utf8_lossy(&body).into_owned(), meta)))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let fail = |message: String| RecoveryError::Backend {
+            path: self.location.clone(),
+            message,
+        };
+        let no_metadata = |what: &str| {
+            fail(format!(
+                "{what} has lost its user metadata (x-amz-meta-*): this store, or whatever \
+                 copied the bucket, does not keep it, and blobvault needs it to tell which \
+                 content objects are references by key; use a store (and copies) that keep \
+                 user metadata"
+            ))
+        };
+        match found {
+            Some((body, meta)) => {
+                let version = body.trim();
+                if version.parse::<u32>().map_or(true, |v| v > 2) {
+                    return Err(fail(format!(
+                        "{path} says layout {version:?}, which this build does not know: open it \
+                         with the blobvault that wrote it (or a newer one)"
+                    )));
+                }
+                if meta.is_none() {
+                    return Err(no_metadata(path.as_ref()));
+                }
+                Ok(())
+            }
+            None => {
+                let opts = PutOptions {
+                    attributes: Attributes::from_iter([(
+                        Attribute::Metadata("layout".into()),
+                        LAYOUT.to_owned(),
+                    )]),
+                    ..Default::default()
+                };
+                let kept = self.run("recording its layout", async {
+                    self.store
+                        .put_opts(&path, PutPayload::from(LAYOUT.as_bytes().to_vec()), opts)
+                        .await?;
+                    let r = self
+                        .store
+                        .get_opts(&path, GetOptions::new().with_head(true))
+                        .await?;
+                    Ok::<_, object_store::Error>(
+                        r.attributes
+                            .get(&Attribute::Metadata("layout".into()))
+                            .is_some(),
+                    )
+                })?;
+                match kept {
+                    true => Ok(()),
+                    false => Err(no_metadata(&format!("{path}, just written,"))),
+                }
+            }
+        }
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> RecoveryError {
@@ -515,7 +594,8 @@ impl Backend {
         } else if text.contains("InvalidAccessKeyId")
             || text.contains("SignatureDoesNotMatch")
             || text.contains("AccessDenied")
-            || text.contains("403")
+            // The status as the client words it: a bare "403" also occurs in keys and durations.
+            || text.contains("403 Forbidden")
         {
             "; the store refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY \
              (or s3.access-key / s3.secret-key)"
@@ -1104,7 +1184,6 @@ impl Backend {
     /// Steps 1 to 7 of a pass (module docs).
     async fn collect(&self) -> Result<GcReport, String> {
         let settle = gc_settle(&self.settings);
-        let started = Instant::now();
         let mut report = GcReport::default();
         let now = now_ms();
         // Stale markers of a pass that died.
@@ -1134,7 +1213,10 @@ impl Backend {
         if candidates.is_empty() {
             return Ok(report);
         }
-        // (3) markers, create-only: content another pass holds is skipped.
+        // (3) markers, create-only: content another pass holds is skipped. Their age is what
+        // PUTs judge staleness by, so the pass's clock starts here, not at its listings (which
+        // take one HEAD per candidate: a large bucket must not run out of time before marking).
+        let started = Instant::now();
         let c = self.settings.concurrency.max(1);
         let marks: Vec<futures::future::BoxFuture<'_, (BlobKey, Result<bool, String>)>> =
             candidates

@@ -596,7 +596,8 @@ impl Seaweed {
     }
 
     /// Every object under `prefix` in `bucket` (key relative to the bucket, size), read from
-    /// the filer's directory listing (no S3 signing needed).
+    /// the filer's directory listing (no S3 signing needed); not the layout record `P/layout`
+    /// each open of the backend writes (it holds no blob).
     pub fn objects(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
         let filer = format!("127.0.0.1:{}", self.filer.http);
         let root = format!("/buckets/{bucket}/");
@@ -629,7 +630,7 @@ impl Seaweed {
                     let key = full.strip_prefix(&root).unwrap_or(&full).to_string();
                     if is_dir {
                         dirs.push(format!("{full}/"));
-                    } else if key.starts_with(prefix) {
+                    } else if key.starts_with(prefix) && !is_layout_record(&key) {
                         out.push((key, e["FileSize"].as_u64().unwrap_or(0)));
                     }
                 }
@@ -935,4 +936,10 @@ fn encode_path(p: &str) -> String {
 
 fn encode_query(p: &str) -> String {
     encode_path(p).replace('/', "%2F")
+}
+
+/// `P/layout` (one level under the bucket): the backend's record of its layout.
+fn is_layout_record(key: &str) -> bool {
+    key.split_once('/')
+        .is_some_and(|(_, rest)| rest == "layout")
 }
