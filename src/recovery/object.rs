@@ -577,10 +577,18 @@ impl Backend {
                             .get(&Attribute::Metadata("layout".into()))
                             .is_some(),
                     )
-                })?;
+                });
                 match kept {
-                    true => Ok(()),
-                    false => Err(no_metadata(&format!("{path}, just written,"))),
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(no_metadata(&format!("{path}, just written,"))),
+                    // A reader with read-only credentials (a worker's cache) cannot record it;
+                    // the store answered the listing above, so it is not down: go on, unchecked.
+                    Err(e) => {
+                        tracing::warn!(location = %self.location, error = %e,
+                            "cannot record the layout (read-only credentials?); a server or \
+                             recovery gc with write access records it at its next open");
+                        Ok(())
+                    }
                 }
             }
         }
