@@ -14,6 +14,7 @@ use crate::config::{
     Configuration, DEFAULT_PORT, PortRange, ServerConfig, default_data_dir, keys, resolve_addr,
     resolve_bind,
 };
+use crate::json::json_str;
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{DeleteTarget, PutTarget};
 use crate::store::{BlobStore, DB_FILE, StoreError, StoreOptions};
@@ -1124,11 +1125,6 @@ fn delete(key: Option<BlobKey>, via: Via, named: Named) -> CliResult {
         }
     }
     Ok(())
-}
-
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    crate::loadgen::json_str(s)
 }
 
 /// `Some(x)` as a JSON string, `None` as `null`.

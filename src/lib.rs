@@ -36,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 mod fsutil;
+mod json;
 pub mod key;
 pub mod library;
 /// `blobvault bench`, the load generator (also used by `benches/`). Not part of the library's

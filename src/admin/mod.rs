@@ -42,6 +42,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::registry::Registry;
 
 use crate::cache::BlobCache;
+use crate::json::json_str;
 use crate::key::BlobId;
 use crate::library::LibraryCacheManager;
 use crate::server::ServerProbe;
@@ -711,20 +712,4 @@ fn entry_json(e: &BlobEntry, out: &mut Vec<u8>) {
     }
     s.push_str("}\n");
     out.extend_from_slice(s.as_bytes());
-}
-
-/// A JSON string literal.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }

@@ -3,11 +3,12 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::threaded::ThreadedServer;
 use crate::key::{BlobId, BlobKey, JobId, KeyHasher};
 use crate::protocol::{self, DeleteTarget, PutTarget};
 
@@ -37,9 +38,7 @@ impl Baseline {
 /// to `cache/blob_<hex>` (named: `job_<hex>/blob_<hex of name>`), with fsync of the file and the
 /// directory when `fsync` is set; a GET sends the file.
 pub(super) struct FileServer {
-    pub(super) addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<std::thread::JoinHandle<()>>,
+    server: ThreadedServer,
 }
 
 struct FileLayout {
@@ -59,47 +58,16 @@ impl FileServer {
         });
         std::fs::create_dir_all(&layout.incoming)?;
         std::fs::create_dir_all(dir.join("cache"))?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let acceptor = std::thread::Builder::new()
-            .name(format!("{SERVER_THREADS}-accept"))
-            .spawn(move || {
-                for s in listener.incoming() {
-                    if stop2.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(s) = s {
-                        let layout = Arc::clone(&layout);
-                        // Named, so that the bench counts this server's CPU and not the client's.
-                        let spawned = std::thread::Builder::new()
-                            .name(format!("{SERVER_THREADS}-conn"))
-                            .spawn(move || {
-                                let _ = s.set_nodelay(true);
-                                let _ = file_serve(&layout, s);
-                            });
-                        if let Err(e) = spawned {
-                            tracing::warn!("file baseline: cannot start a connection thread: {e}");
-                        }
-                    }
-                }
-            })?;
-        Ok(FileServer {
-            addr,
-            stop,
-            acceptor: Some(acceptor),
-        })
+        // Named, so that the bench counts this server's CPU and not the client's.
+        let server = ThreadedServer::start(SERVER_THREADS, "file baseline", move |s| {
+            let _ = s.set_nodelay(true);
+            let _ = file_serve(&layout, s);
+        })?;
+        Ok(FileServer { server })
     }
-}
 
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
+    pub(super) fn addr(&self) -> SocketAddr {
+        self.server.addr
     }
 }
 

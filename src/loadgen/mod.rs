@@ -23,6 +23,7 @@ mod cpu;
 mod direct;
 mod rawtcp;
 mod report;
+mod threaded;
 mod workload;
 
 use std::io::{self, IsTerminal};
@@ -44,7 +45,6 @@ use rawtcp::{floor, raw_tcp};
 use report::format_comparison;
 
 pub use baseline::Baseline;
-pub(crate) use report::json_str;
 pub use report::{PhaseReport, Report, StoreBytes, floor_ratios, format_json, format_text};
 pub use workload::{Rng, SizeSpec, blob_bytes, format_size, jar_mix_size, parse_size};
 
@@ -285,7 +285,7 @@ fn run_with(
         (None, Some(b)) => {
             let dir = store_dir.clone().ok_or("no store directory")?;
             let fs = FileServer::start(&dir, b == Baseline::FilesFsync)?;
-            let a = fs.addr;
+            let a = fs.addr();
             file_server = Some(fs);
             a
         }

@@ -6,13 +6,13 @@
 //!   the real server's CPU per request is compared with.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Barrier;
 use std::time::Instant;
 
 use super::conn::CLIENT_BUF;
 use super::cpu::CpuMeter;
+use super::threaded::ThreadedServer;
 use super::{Phase, PhaseReport, Plan, Progress, Rng, Tally, phase_report, timed};
 use crate::key::{BlobId, BlobKey, JobId};
 use crate::protocol::{self, DeleteTarget, MAX_CHUNK, PutTarget};
@@ -30,29 +30,10 @@ pub(super) fn raw_tcp(
     conns: usize,
     progress: &Progress,
 ) -> io::Result<Vec<PhaseReport>> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let d2 = Arc::clone(&done);
-    let acceptor = std::thread::Builder::new()
-        .name(format!("{RAW_THREADS}-accept"))
-        .spawn(move || {
-            for s in listener.incoming() {
-                if d2.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(s) = s {
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("{RAW_THREADS}-conn"))
-                        .spawn(move || {
-                            let _ = raw_serve(s);
-                        });
-                    if let Err(e) = spawned {
-                        tracing::warn!("raw TCP: cannot start a connection thread: {e}");
-                    }
-                }
-            }
-        })?;
+    let server = ThreadedServer::start(RAW_THREADS, "raw TCP", |s| {
+        let _ = raw_serve(s);
+    })?;
+    let addr = server.addr;
     let meter = CpuMeter::Threads(RAW_THREADS);
     let per_conn = total.div_ceil(conns as u64).max(1);
     let mut out = Vec::new();
@@ -100,9 +81,7 @@ pub(super) fn raw_tcp(
             server_cpu_ns: cpu,
         });
     }
-    done.store(true, Ordering::SeqCst);
-    let _ = TcpStream::connect(addr);
-    let _ = acceptor.join();
+    drop(server);
     Ok(out)
 }
 
@@ -224,31 +203,12 @@ pub(super) fn floor(
     conns: usize,
     progress: &Progress,
 ) -> io::Result<Vec<PhaseReport>> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let d2 = Arc::clone(&done);
-    let acceptor = std::thread::Builder::new()
-        .name(format!("{FLOOR_THREADS}-accept"))
-        .spawn(move || {
-            for s in listener.incoming() {
-                if d2.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(s) = s {
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("{FLOOR_THREADS}-conn"))
-                        .spawn(move || {
-                            if let Err(e) = floor_serve(s) {
-                                tracing::warn!("raw-TCP floor server: {e}");
-                            }
-                        });
-                    if let Err(e) = spawned {
-                        tracing::warn!("raw-TCP floor: cannot start a connection thread: {e}");
-                    }
-                }
-            }
-        })?;
+    let server = ThreadedServer::start(FLOOR_THREADS, "raw-TCP floor", |s| {
+        if let Err(e) = floor_serve(s) {
+            tracing::warn!("raw-TCP floor server: {e}");
+        }
+    })?;
+    let addr = server.addr;
     let meter = CpuMeter::Threads(FLOOR_THREADS);
     let mut out = Vec::new();
     // Connections stay open from phase to phase, as the real phases' do.
@@ -316,9 +276,7 @@ pub(super) fn floor(
         out.push(phase_report(&name, &results, seconds, cpu));
     }
     drop(streams);
-    done.store(true, Ordering::SeqCst);
-    let _ = TcpStream::connect(addr);
-    let _ = acceptor.join();
+    drop(server);
     Ok(out)
 }
 

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use crate::json::json_str;
+
 /// Figures of one phase.
 #[derive(Debug, Clone)]
 pub struct PhaseReport {
@@ -245,27 +247,6 @@ pub fn floor_ratios(r: &Report) -> Vec<(&str, f64, f64)> {
             Some((p.name.as_str(), p.cpu_us_per_op()?, floor.cpu_us_per_op()?))
         })
         .collect()
-}
-
-/// A JSON string literal (also used by the CLI's `--json` outputs).
-pub(crate) fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 /// A JSON number (non-finite values become `null`).
